@@ -1,0 +1,205 @@
+//! `shardcast.toml`: the schema, its defaults, and validation that reports
+//! every problem at once, each naming the key and its line.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+    #[serde(default)]
+    pub sharding: ShardingConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Postgres clients connect here, e.g. `127.0.0.1:6432`.
+    pub listen: String,
+    /// `/metrics` and `/api/*`.
+    pub admin_listen: String,
+    /// The database name clients ask for.
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// `postgres://user[:password]@host:port/dbname`
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    Bigint,
+    Integer,
+    Text,
+    Uuid,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    pub shard_key: String,
+    pub key_type: KeyType,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardingConfig {
+    /// Initial partitions, spread evenly over the nodes.
+    #[serde(default = "defaults::partitions")]
+    pub partitions: u32,
+    /// Node for unsharded tables and table-less statements (default: first node).
+    #[serde(default)]
+    pub default_node: Option<String>,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        Self {
+            partitions: defaults::partitions(),
+            default_node: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Server connections per node at most.
+    #[serde(default = "defaults::pool_size")]
+    pub size: usize,
+    /// How long a transaction may wait for a server connection, in ms.
+    #[serde(default = "defaults::checkout_timeout_ms")]
+    pub checkout_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            size: defaults::pool_size(),
+            checkout_timeout_ms: defaults::checkout_timeout_ms(),
+        }
+    }
+}
+
+/// How clients authenticate to the proxy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `trust` (default) or `md5`.
+    #[serde(default)]
+    pub method: AuthMethod,
+    /// Users and their passwords, for `md5`.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMethod {
+    #[default]
+    Trust,
+    Md5,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+}
+
+/// Defaults live in one place.
+mod defaults {
+    pub fn partitions() -> u32 {
+        16
+    }
+    pub fn pool_size() -> usize {
+        20
+    }
+    pub fn checkout_timeout_ms() -> u64 {
+        5_000
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `nodes[1].name`.
+    pub key: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {}", issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid {
+        path: String,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|issues| ConfigError::Invalid {
+            path: path.display().to_string(),
+            issues,
+        })
+    }
+
+    /// Parses and validates; returns every issue found.
+    pub fn parse(text: &str) -> Result<Self, Vec<ConfigIssue>> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            vec![ConfigIssue {
+                key: String::from("(file)"),
+                line: e.span().map(|s| text[..s.start].lines().count().max(1)),
+                message: e.message().to_string(),
+            }]
+        })?;
+        Ok(cfg)
+    }
+
+    /// Index of the node unsharded statements go to.
+    pub fn default_node(&self) -> usize {
+        self.sharding
+            .default_node
+            .as_ref()
+            .and_then(|n| self.nodes.iter().position(|x| &x.name == n))
+            .unwrap_or(0)
+    }
+}

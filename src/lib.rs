@@ -1,0 +1,16 @@
+//! shardcast: a sidecar proxy for sharded PostgreSQL.
+//!
+//! Applications connect with their ordinary Postgres driver; the proxy routes
+//! each statement to the shard node that owns the row, records every request
+//! and forecasts each partition's load. Each folder below is one component
+//! (see `DESIGN.md` in the shared docs): the wire codec knows nothing of
+//! routing, the router nothing of sockets, the ring nothing of SQL.
+
+pub mod admin;
+pub mod analyzer;
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod protocol;
+pub mod ring;
+pub mod router;

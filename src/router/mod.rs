@@ -1,0 +1,10 @@
+//! The router: finds the shard key in a statement and decides where it goes.
+//!
+//! `sql` turns statement text into a [`Shape`]: what kind of command it is,
+//! which sharded table it touches, and where its key comes from (a literal,
+//! or a `$n` parameter that Bind will supply). Shapes are cached per
+//! normalised text, so a statement seen before costs a lexer pass, not a parse.
+
+pub mod sql;
+
+pub use sql::{Analyzer, Command, KeyRef, KeyValue, RouteError, Shape, Target};
