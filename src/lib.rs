@@ -11,6 +11,8 @@ pub mod analyzer;
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod ring;
 pub mod router;

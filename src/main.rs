@@ -33,8 +33,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Run { config } => {
-            let _cfg = shardcast::config::Config::load(&config)?;
-            anyhow::bail!("not yet")
+            init_logging();
+            let cfg = shardcast::config::Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(shardcast::proxy::run(cfg))
         }
         Cmd::CheckConfig { config } => match shardcast::config::Config::load(&config) {
             Ok(_) => {
@@ -47,4 +51,14 @@ fn main() -> anyhow::Result<()> {
             }
         },
     }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("SHARDCAST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }

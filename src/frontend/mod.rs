@@ -1,1 +1,40 @@
-//! frontend (in progress)
+//! The client side of the proxy: the PostgreSQL server protocol as
+//! applications' drivers expect it — startup and auth, the simple and
+//! extended query protocols, COPY, cancel — with each unit of work routed
+//! to the shard(s) that own it and run on a pooled server connection.
+
+pub mod batch;
+pub mod cancel;
+pub mod error;
+pub mod exchange;
+pub mod execute;
+pub mod route;
+pub mod session;
+pub mod settings;
+pub mod simple;
+pub mod startup;
+
+use std::sync::Arc;
+
+use crate::backend::Pool;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ring::{NodeId, Routing};
+use crate::router::Analyzer;
+
+pub use cancel::CancelRegistry;
+pub use error::FrontendError;
+pub use startup::handle_client;
+
+/// What every client connection shares.
+pub struct Shared {
+    pub config: Config,
+    pub routing: Arc<Routing>,
+    pub pools: Vec<Arc<Pool>>,
+    pub analyzer: Analyzer,
+    pub default_node: NodeId,
+    /// ParameterStatus values reported to clients (from the first node that answered).
+    pub server_params: Vec<(String, String)>,
+    pub metrics: Arc<Metrics>,
+    pub cancels: CancelRegistry,
+}

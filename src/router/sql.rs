@@ -100,7 +100,43 @@ impl Analyzer {
     }
 
     /// The shape of every statement in `sql` (a simple query may hold several).
-    pub fn analyze(&self, _sql: &str) -> Result<Arc<[Shape]>, RouteError> {
-        todo!("helper: sqlparser-based analysis with a normalised-text cache")
+    pub fn analyze(&self, sql: &str) -> Result<Arc<[Shape]>, RouteError> {
+        // Temporary: classify by first keyword until the real router lands.
+        let first = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let command = match first.trim_end_matches(';') {
+            "begin" | "start" => Command::Begin,
+            "commit" | "end" => Command::Commit,
+            "rollback" | "abort" => Command::Rollback,
+            "set" => Command::Set,
+            "show" => Command::Show,
+            "select" => Command::Select,
+            "insert" => Command::Insert,
+            "update" => Command::Update,
+            "delete" => Command::Delete,
+            _ => Command::Other,
+        };
+        Ok(vec![Shape {
+            command,
+            target: Target::Unsharded,
+        }]
+        .into())
     }
+}
+
+/// Placeholder until the router lands.
+pub fn key_from_param(
+    _bytes: Option<&[u8]>,
+    _binary: bool,
+    _key_type: KeyType,
+) -> Result<KeyValue, RouteError> {
+    todo!()
+}
+
+/// Placeholder until the router lands.
+pub fn hash_key(_key: &KeyValue, _key_type: KeyType) -> Option<i64> {
+    todo!()
 }

@@ -1,0 +1,322 @@
+//! One connection to a shard node: startup, authentication (trust,
+//! cleartext, md5, SCRAM-SHA-256), then frames in and out.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::framing::Reader;
+use crate::protocol::messages::parse_error;
+use crate::protocol::startup::encode_startup;
+use crate::protocol::{try_frame, Frame, ProtocolError};
+
+/// Where and as whom to connect to a node.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+}
+
+impl NodeTarget {
+    /// From a `postgres://user[:password]@host[:port]/db` URL.
+    pub fn from_url(name: &str, url: &str) -> Result<Self, String> {
+        let cfg: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => return Err("a TCP host is required".into()),
+        };
+        Ok(Self {
+            name: name.to_string(),
+            host,
+            port: cfg.get_ports().first().copied().unwrap_or(5432),
+            user: cfg.get_user().unwrap_or("postgres").to_string(),
+            password: cfg
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            dbname: cfg.get_dbname().unwrap_or("postgres").to_string(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("node {node}: cannot connect to {addr}: {source}")]
+    Connect {
+        node: String,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("node {node}: connection timed out")]
+    Timeout { node: String },
+    #[error("node {node}: authentication failed: {message}")]
+    Auth { node: String, message: String },
+    #[error("node {node}: server refused the connection: {code} {message}")]
+    Refused {
+        node: String,
+        code: String,
+        message: String,
+    },
+    #[error("node {node}: connection lost: {source}")]
+    Io {
+        node: String,
+        source: std::io::Error,
+    },
+    #[error("node {node}: connection closed by the server")]
+    Closed { node: String },
+    #[error("node {node}: {source}")]
+    Protocol { node: String, source: ProtocolError },
+    #[error("node {node}: no server connection free within {waited_ms} ms (pool size {size})")]
+    PoolTimeout {
+        node: String,
+        waited_ms: u64,
+        size: usize,
+    },
+}
+
+/// A live, authenticated server connection.
+pub struct ServerConn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    node_name: String,
+    /// Backend process id and secret, for cancel requests.
+    pub pid: i32,
+    pub secret: i32,
+    pub addr: String,
+    /// ParameterStatus values the server reported at startup.
+    pub params: Vec<(String, String)>,
+    /// Proxy-named prepared statements that exist on this connection.
+    pub prepared: HashSet<u64>,
+    /// Fingerprint of the client session settings applied here (0 = defaults).
+    pub session: u64,
+    /// False once the connection is in an unknown state; it is then dropped
+    /// instead of returning to the pool.
+    pub reusable: bool,
+    /// The status of the last ReadyForQuery: `I`, `T` or `E`.
+    pub status: u8,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ServerConn {
+    pub async fn connect(t: &NodeTarget) -> Result<Self, BackendError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(t)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout {
+                node: t.name.clone(),
+            }),
+        }
+    }
+
+    async fn connect_inner(t: &NodeTarget) -> Result<Self, BackendError> {
+        let addr = format!("{}:{}", t.host, t.port);
+        let stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| BackendError::Connect {
+                node: t.name.clone(),
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = ServerConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            node_name: t.name.clone(),
+            pid: 0,
+            secret: 0,
+            addr,
+            params: Vec::new(),
+            prepared: HashSet::new(),
+            session: 0,
+            reusable: true,
+            status: b'I',
+        };
+        let startup = encode_startup(&[
+            ("user", &t.user),
+            ("database", &t.dbname),
+            ("application_name", "shardcast"),
+            ("client_encoding", "UTF8"),
+        ]);
+        conn.write_all(&startup).await?;
+        conn.authenticate(t).await?;
+        loop {
+            let f = conn.read_frame().await?;
+            match f.tag {
+                b'S' => {
+                    let mut r = Reader::new(b'S', f.body());
+                    if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
+                        conn.params.push((k.to_string(), v.to_string()));
+                    }
+                }
+                b'K' => {
+                    let mut r = Reader::new(b'K', f.body());
+                    conn.pid = r.i32().unwrap_or(0);
+                    conn.secret = r.i32().unwrap_or(0);
+                }
+                b'Z' => return Ok(conn),
+                b'E' => return Err(conn.refused(&f)),
+                _ => {}
+            }
+        }
+    }
+
+    fn refused(&self, f: &Frame) -> BackendError {
+        let e = parse_error(f);
+        BackendError::Refused {
+            node: self.node_name.clone(),
+            code: e.code,
+            message: e.message,
+        }
+    }
+
+    fn auth_err(&self, message: impl Into<String>) -> BackendError {
+        BackendError::Auth {
+            node: self.node_name.clone(),
+            message: message.into(),
+        }
+    }
+
+    async fn authenticate(&mut self, t: &NodeTarget) -> Result<(), BackendError> {
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let f = self.read_frame().await?;
+            if f.tag == b'E' {
+                return Err(self.refused(&f));
+            }
+            if f.tag != b'R' {
+                return Err(self.auth_err(format!("unexpected message '{}'", f.tag as char)));
+            }
+            let mut r = Reader::new(b'R', f.body());
+            let code = r.i32().map_err(|e| self.auth_err(e.to_string()))?;
+            let password = || {
+                t.password.clone().ok_or_else(|| {
+                    self.auth_err("the server wants a password; put it in the node url")
+                })
+            };
+            match code {
+                0 => return Ok(()),
+                3 => {
+                    let pw = password()?;
+                    self.send_password(pw.as_bytes()).await?;
+                }
+                5 => {
+                    let salt: [u8; 4] = r
+                        .bytes(4)
+                        .map_err(|e| self.auth_err(e.to_string()))?
+                        .try_into()
+                        .unwrap();
+                    let pw = password()?;
+                    let hashed = postgres_protocol::authentication::md5_hash(
+                        t.user.as_bytes(),
+                        pw.as_bytes(),
+                        salt,
+                    );
+                    self.send_password(hashed.as_bytes()).await?;
+                }
+                10 => {
+                    let mechs = r.rest();
+                    if !mechs.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
+                        return Err(self.auth_err("server offers no SCRAM-SHA-256"));
+                    }
+                    let pw = password()?;
+                    let s = ScramSha256::new(pw.as_bytes(), ChannelBinding::unsupported());
+                    let first = s.message().to_vec();
+                    scram = Some(s);
+                    let mut body = Vec::new();
+                    body.extend_from_slice(b"SCRAM-SHA-256\0");
+                    body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+                    body.extend_from_slice(&first);
+                    self.write_all(&Frame::new(b'p', &body).bytes).await?;
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.auth_err("SASL continue before start"))?;
+                    s.update(r.rest()).map_err(|e| BackendError::Auth {
+                        node: self.node_name.clone(),
+                        message: e.to_string(),
+                    })?;
+                    let msg = s.message().to_vec();
+                    self.write_all(&Frame::new(b'p', &msg).bytes).await?;
+                }
+                12 => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| self.auth_err("SASL final before start"))?;
+                    s.finish(r.rest()).map_err(|e| BackendError::Auth {
+                        node: self.node_name.clone(),
+                        message: e.to_string(),
+                    })?;
+                }
+                other => {
+                    return Err(self.auth_err(format!("unsupported authentication method {other}")))
+                }
+            }
+        }
+    }
+
+    async fn send_password(&mut self, pw: &[u8]) -> Result<(), BackendError> {
+        let mut body = pw.to_vec();
+        body.push(0);
+        self.write_all(&Frame::new(b'p', &body).bytes).await
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(bytes).await.map_err(|source| {
+            self.reusable = false;
+            BackendError::Io {
+                node: self.node_name.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The next whole frame already buffered, without waiting.
+    #[inline]
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, BackendError> {
+        try_frame(&mut self.rbuf).map_err(|source| {
+            self.reusable = false;
+            BackendError::Protocol {
+                node: self.node_name.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The next frame, reading from the socket as needed.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            if let Some(f) = self.buffered_frame()? {
+                return Ok(f);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|source| {
+                    self.reusable = false;
+                    BackendError::Io {
+                        node: self.node_name.clone(),
+                        source,
+                    }
+                })?;
+            if n == 0 {
+                self.reusable = false;
+                return Err(BackendError::Closed {
+                    node: self.node_name.clone(),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The extended protocol. Messages are buffered up to Sync (or Flush), then
+//! routed together: every Bind's parameters are known by then, so the shard
+//! key can be read from them.
+//!
+//! Named prepared statements are the client's, but server connections are
+//! shared, so each statement gets a proxy-wide name derived from its text and
+//! parameter types (`sc_<hash>`). Whichever connection a Bind lands on, the
+//! Parse is injected first if that connection has not seen it, and its
+//! ParseComplete is swallowed.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::error::FrontendError;
+use super::exchange::{Action, Exchange, Expect, Until};
+use super::execute::Work;
+use super::route::{combine, decide};
+use super::session::{Session, Tx};
+use crate::backend::ServerConn;
+use crate::protocol::messages::{
+    bind_complete, close_complete, command_complete, encode_parse, encode_target, no_data,
+    parse_bind, parse_complete, parse_parse, parse_target, ready_for_query, rename_bind,
+};
+use crate::protocol::{sqlstate, Frame};
+use crate::router::{Command, RouteError, Shape};
+
+/// A statement as the proxy knows it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Proxy-wide id; 0 for the unnamed statement.
+    pub id: u64,
+    pub server_name: String,
+    pub sql: String,
+    /// The Parse to send to a server (already renamed).
+    pub parse: Frame,
+    pub shapes: Result<Arc<[Shape]>, RouteError>,
+}
+
+/// One buffered client message, decoded as far as routing needs.
+#[derive(Debug)]
+pub enum Msg {
+    Parse(Arc<Prepared>),
+    /// `frame` already names the server-side statement.
+    Bind {
+        stmt: Arc<Prepared>,
+        frame: Frame,
+    },
+    DescribeStmt(Arc<Prepared>),
+    /// Closing a statement only forgets the client's name for it.
+    CloseStmt,
+    /// Forwarded as is; `until` says which reply completes it (None: Flush).
+    Raw {
+        frame: Frame,
+        until: Option<Until>,
+    },
+}
+
+fn statement_id(sql: &str, types: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sql.hash(&mut h);
+    types.hash(&mut h);
+    h.finish().max(1)
+}
+
+impl Session {
+    pub(super) async fn run_batch(&mut self) -> Result<(), FrontendError> {
+        let frames = std::mem::take(&mut self.batch);
+        let ends_with_sync = frames.last().is_some_and(|f| f.tag == b'S');
+        let started = Instant::now();
+        let decoded = self.decode_batch(frames);
+        let (msgs, decisions, commands) = match decoded {
+            Ok(x) => x,
+            Err(e) if !e.is_fatal() => {
+                // As PostgreSQL: an error, then everything up to Sync is skipped.
+                self.report(&e);
+                if ends_with_sync {
+                    self.write(&ready_for_query(self.status()));
+                } else {
+                    self.skip_to_sync().await?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if self.tx == Tx::Failed && self.attached.is_none() {
+            if !commands.is_empty()
+                && commands
+                    .iter()
+                    .all(|c| matches!(c, Command::Commit | Command::Rollback))
+            {
+                self.tx = Tx::None;
+                self.answer_locally(&msgs, "ROLLBACK");
+            } else {
+                self.failed_tx_error();
+            }
+            return Ok(());
+        }
+        if self.attached.is_none() && commands.len() == 1 {
+            let tag = match (&self.tx, commands[0]) {
+                (Tx::None, Command::Begin) => {
+                    let sql = msgs.iter().find_map(|m| match m {
+                        Msg::Bind { stmt, .. } => Some(stmt.sql.clone()),
+                        _ => None,
+                    });
+                    self.tx = Tx::Deferred {
+                        prelude: vec![sql.unwrap_or_else(|| "BEGIN".into())],
+                    };
+                    Some("BEGIN")
+                }
+                (Tx::Deferred { .. }, Command::Commit) => Some("COMMIT"),
+                (Tx::Deferred { .. }, Command::Rollback) => Some("ROLLBACK"),
+                _ => None,
+            };
+            if let Some(tag) = tag {
+                if tag != "BEGIN" {
+                    self.tx = Tx::None;
+                }
+                self.answer_locally(&msgs, tag);
+                return Ok(());
+            }
+        }
+        let decision = combine(&decisions)?;
+        self.execute(decision, Work::Batch(&msgs, ends_with_sync), started, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops client messages up to and including the next Sync, then answers it.
+    async fn skip_to_sync(&mut self) -> Result<(), FrontendError> {
+        self.flush().await?;
+        while let Some(f) = self.read_frame().await? {
+            if f.tag == b'S' {
+                self.write(&ready_for_query(self.status()));
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn decode_batch(
+        &mut self,
+        frames: Vec<Frame>,
+    ) -> Result<(Vec<Msg>, Vec<super::route::Decision>, Vec<Command>), FrontendError> {
+        let mut msgs = Vec::with_capacity(frames.len());
+        let mut decisions = Vec::new();
+        let mut commands = Vec::new();
+        let table = self.shared.routing.peek();
+        for f in frames {
+            match f.tag {
+                b'P' => {
+                    let p = parse_parse(&f)?;
+                    let stmt = if p.name.is_empty() {
+                        let s = Arc::new(Prepared {
+                            id: 0,
+                            server_name: String::new(),
+                            sql: p.query.to_string(),
+                            shapes: self.shared.analyzer.analyze(p.query),
+                            parse: f.clone(),
+                        });
+                        self.unnamed = Some(s.clone());
+                        s
+                    } else {
+                        if self.statements.contains_key(p.name) {
+                            return Err(FrontendError::route(
+                                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                                format!("prepared statement \"{}\" already exists", p.name),
+                                "close it first, or use another name".into(),
+                            ));
+                        }
+                        let id = statement_id(p.query, p.param_types);
+                        let server_name = format!("sc_{id:016x}");
+                        let s = Arc::new(Prepared {
+                            id,
+                            parse: encode_parse(&server_name, p.query, p.param_types),
+                            server_name,
+                            sql: p.query.to_string(),
+                            shapes: self.shared.analyzer.analyze(p.query),
+                        });
+                        self.statements.insert(p.name.to_string(), s.clone());
+                        s
+                    };
+                    msgs.push(Msg::Parse(stmt));
+                }
+                b'B' => {
+                    let b = parse_bind(&f)?;
+                    let stmt = self.lookup(b.statement)?;
+                    let shapes = stmt.shapes.as_ref().map_err(|e| {
+                        FrontendError::route(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("cannot route this statement: {e}"),
+                            "see the shard-key rules in the README".into(),
+                        )
+                    })?;
+                    for s in shapes.iter() {
+                        decisions.push(decide(s, Some(&b), &table, self.shared.default_node)?);
+                        commands.push(s.command);
+                    }
+                    let frame = if stmt.id == 0 {
+                        f.clone()
+                    } else {
+                        rename_bind(&b, &stmt.server_name)
+                    };
+                    msgs.push(Msg::Bind { stmt, frame });
+                }
+                b'D' => {
+                    let (kind, name) = parse_target(&f)?;
+                    if kind == b'S' {
+                        msgs.push(Msg::DescribeStmt(self.lookup(name)?));
+                    } else {
+                        msgs.push(Msg::Raw {
+                            frame: f,
+                            until: Some(Until::Describe),
+                        });
+                    }
+                }
+                b'C' => {
+                    let (kind, name) = parse_target(&f)?;
+                    if kind == b'S' {
+                        if name.is_empty() {
+                            self.unnamed = None;
+                        } else {
+                            self.statements.remove(name);
+                        }
+                        msgs.push(Msg::CloseStmt);
+                    } else {
+                        msgs.push(Msg::Raw {
+                            frame: f,
+                            until: Some(Until::Close),
+                        });
+                    }
+                }
+                b'E' => msgs.push(Msg::Raw {
+                    frame: f,
+                    until: Some(Until::Execute),
+                }),
+                b'S' => msgs.push(Msg::Raw {
+                    frame: f,
+                    until: Some(Until::Ready),
+                }),
+                _ => msgs.push(Msg::Raw {
+                    frame: f,
+                    until: None,
+                }),
+            }
+        }
+        Ok((msgs, decisions, commands))
+    }
+
+    fn lookup(&self, name: &str) -> Result<Arc<Prepared>, FrontendError> {
+        let found = if name.is_empty() {
+            self.unnamed.clone()
+        } else {
+            self.statements.get(name).cloned()
+        };
+        found.ok_or_else(|| {
+            FrontendError::route(
+                sqlstate::INVALID_PREPARED_STATEMENT,
+                format!("prepared statement \"{name}\" does not exist"),
+                "prepare it in this session first".into(),
+            )
+        })
+    }
+
+    /// Answers a whole batch without a server (a deferred BEGIN, a COMMIT of
+    /// a transaction that never reached a server).
+    fn answer_locally(&mut self, msgs: &[Msg], tag: &str) {
+        for m in msgs {
+            match m {
+                Msg::Parse(_) => self.write(&parse_complete()),
+                Msg::Bind { .. } => self.write(&bind_complete()),
+                Msg::DescribeStmt(_) => {
+                    self.write(&Frame::new(b't', &[0, 0]));
+                    self.write(&no_data());
+                }
+                Msg::CloseStmt => self.write(&close_complete()),
+                Msg::Raw { frame, .. } => match frame.tag {
+                    b'D' => self.write(&no_data()),
+                    b'E' => self.write(&command_complete(tag)),
+                    b'C' => self.write(&close_complete()),
+                    b'S' => self.write(&ready_for_query(self.status())),
+                    _ => {}
+                },
+            }
+        }
+    }
+}
+
+/// Writes a batch for one server connection: renamed statements, Parses
+/// injected where the connection lacks them, and the expectations that
+/// keep the client's view exact.
+pub fn build_batch(msgs: &[Msg], conn: &ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+    let mut b = Builder {
+        conn,
+        here: Vec::new(),
+        unnamed_parsed: false,
+    };
+    for m in msgs {
+        match m {
+            Msg::Parse(stmt) if stmt.id == 0 => {
+                out.extend_from_slice(&stmt.parse.bytes);
+                ex.push(Expect::forward(Until::Parse));
+                b.unnamed_parsed = true;
+            }
+            Msg::Parse(stmt) if b.has(stmt.id) => ex.push(Expect::synth(vec![parse_complete()])),
+            Msg::Parse(stmt) => {
+                // Forwarded, so that a syntax error reaches the client here.
+                out.extend_from_slice(&stmt.parse.bytes);
+                ex.push(Expect {
+                    until: Until::Parse,
+                    action: Action::Forward,
+                    prepares: Some(stmt.id),
+                });
+                b.here.push(stmt.id);
+            }
+            Msg::Bind { stmt, frame } => {
+                b.ensure(stmt, out, ex);
+                out.extend_from_slice(&frame.bytes);
+                ex.push(Expect::forward(Until::Bind));
+            }
+            Msg::DescribeStmt(stmt) => {
+                b.ensure(stmt, out, ex);
+                out.extend_from_slice(&encode_target(b'D', b'S', &stmt.server_name).bytes);
+                ex.push(Expect::forward(Until::Describe));
+            }
+            Msg::CloseStmt => ex.push(Expect::synth(vec![close_complete()])),
+            Msg::Raw { frame, until } => {
+                out.extend_from_slice(&frame.bytes);
+                if let Some(u) = until {
+                    ex.push(Expect::forward(*u));
+                }
+            }
+        }
+    }
+}
+
+/// Which statements one connection has, or will have once this batch's
+/// Parses run.
+struct Builder<'a> {
+    conn: &'a ServerConn,
+    here: Vec<u64>,
+    unnamed_parsed: bool,
+}
+
+impl Builder<'_> {
+    fn has(&self, id: u64) -> bool {
+        self.conn.prepared.contains(&id) || self.here.contains(&id)
+    }
+
+    /// Injects the statement's Parse (replies swallowed) if needed.
+    fn ensure(&mut self, stmt: &Prepared, out: &mut BytesMut, ex: &mut Exchange) {
+        if stmt.id == 0 {
+            if !self.unnamed_parsed {
+                out.extend_from_slice(&stmt.parse.bytes);
+                ex.push(Expect::swallow(Until::Parse));
+                self.unnamed_parsed = true;
+            }
+        } else if !self.has(stmt.id) {
+            out.extend_from_slice(&stmt.parse.bytes);
+            ex.push(Expect {
+                until: Until::Parse,
+                action: Action::Swallow,
+                prepares: Some(stmt.id),
+            });
+            self.here.push(stmt.id);
+        }
+    }
+}

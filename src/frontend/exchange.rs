@@ -1,0 +1,178 @@
+//! One round of work on one server connection: what was sent, in order, and
+//! what each reply means for the client.
+//!
+//! The proxy rewrites the extended protocol (prepared statements get
+//! proxy-wide names and are re-prepared on whichever pooled connection a
+//! client lands on) and answers some messages itself (a deferred `BEGIN`).
+//! The expectation queue keeps the client's view exact: each entry is one
+//! message the client sent or the proxy injected, saying which reply
+//! completes it and whether that reply is forwarded, swallowed, or replaced
+//! by a synthesized one.
+
+use std::collections::VecDeque;
+
+use crate::backend::{BackendError, ServerConn};
+use crate::protocol::messages::ready_status;
+use crate::protocol::Frame;
+
+/// Which reply completes an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Parse,
+    Bind,
+    Close,
+    Describe,
+    Execute,
+    /// Sync (extended) or Query (simple): completed by ReadyForQuery.
+    Ready,
+    /// A simple Query: errors do not end it, ReadyForQuery does.
+    Query,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Forward,
+    /// Injected by the proxy: the client must not see its replies (errors excepted).
+    Swallow,
+    /// Answered by the proxy: emit this when the entry reaches the head.
+    Synth(Vec<Frame>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub until: Until,
+    pub action: Action,
+    /// For Parse entries: the proxy-wide statement id that exists on the
+    /// server once ParseComplete arrives.
+    pub prepares: Option<u64>,
+}
+
+impl Expect {
+    pub fn forward(until: Until) -> Self {
+        Self {
+            until,
+            action: Action::Forward,
+            prepares: None,
+        }
+    }
+    pub fn swallow(until: Until) -> Self {
+        Self {
+            until,
+            action: Action::Swallow,
+            prepares: None,
+        }
+    }
+    pub fn synth(frames: Vec<Frame>) -> Self {
+        Self {
+            until: Until::Parse,
+            action: Action::Synth(frames),
+            prepares: None,
+        }
+    }
+}
+
+/// What the pump hands to the caller.
+#[derive(Debug)]
+pub enum Item {
+    /// A message for the client.
+    Msg(Frame),
+    /// The server waits for COPY data from the client (CopyInResponse, to forward).
+    CopyIn(Frame),
+    /// All entries answered: with the final ReadyForQuery if the round ended
+    /// with Sync/Query, or None after a Flush.
+    Done(Option<Frame>),
+}
+
+/// The expectation queue of one server connection for one round.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    queue: VecDeque<Expect>,
+    ready: VecDeque<Frame>,
+}
+
+fn completes(until: Until, tag: u8) -> bool {
+    match until {
+        Until::Parse => tag == b'1',
+        Until::Bind => tag == b'2',
+        Until::Close => tag == b'3',
+        Until::Describe => tag == b'T' || tag == b'n',
+        Until::Execute => matches!(tag, b'C' | b'I' | b's'),
+        Until::Ready | Until::Query => tag == b'Z',
+    }
+}
+
+impl Exchange {
+    pub fn push(&mut self, e: Expect) {
+        self.queue.push_back(e);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.ready.is_empty()
+    }
+
+    /// Moves synthesized answers at the head of the queue to the output.
+    fn release_synth(&mut self) {
+        while let Some(Expect {
+            action: Action::Synth(_),
+            ..
+        }) = self.queue.front()
+        {
+            if let Some(Expect {
+                action: Action::Synth(frames),
+                ..
+            }) = self.queue.pop_front()
+            {
+                self.ready.extend(frames);
+            }
+        }
+    }
+
+    /// The next item for the client, reading from the server as needed.
+    pub async fn next(&mut self, conn: &mut ServerConn) -> Result<Item, BackendError> {
+        loop {
+            self.release_synth();
+            if let Some(f) = self.ready.pop_front() {
+                return Ok(Item::Msg(f));
+            }
+            let Some(head) = self.queue.front() else {
+                return Ok(Item::Done(None));
+            };
+            let (until, forward) = (head.until, matches!(head.action, Action::Forward));
+            let f = conn.read_frame().await?;
+            let tag = f.tag;
+            if tag == b'E' && until != Until::Query && until != Until::Ready {
+                // Extended protocol: the server skips everything up to Sync.
+                while let Some(e) = self.queue.front() {
+                    if e.until == Until::Ready {
+                        break;
+                    }
+                    self.queue.pop_front();
+                }
+                return Ok(Item::Msg(f));
+            }
+            if tag == b'G' {
+                return Ok(Item::CopyIn(f));
+            }
+            if completes(until, tag) {
+                let done = self.queue.pop_front().expect("head exists");
+                if let Some(id) = done.prepares {
+                    conn.prepared.insert(id);
+                }
+                if tag == b'Z' {
+                    conn.status = ready_status(&f);
+                    if self.queue.is_empty() {
+                        return Ok(Item::Done(if forward { Some(f) } else { None }));
+                    }
+                    if forward {
+                        // A simple Query followed by more work in one round.
+                        return Ok(Item::Msg(f));
+                    }
+                    continue;
+                }
+            }
+            if forward || tag == b'E' {
+                return Ok(Item::Msg(f));
+            }
+        }
+    }
+}

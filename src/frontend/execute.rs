@@ -1,0 +1,377 @@
+//! Running one unit of work on the node(s) a decision names, and relaying
+//! the replies: on one node, replies stream through; on all nodes (a read
+//! with no shard key), rows are concatenated under one RowDescription and
+//! one CommandComplete whose count is the sum.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::batch::{build_batch, Msg};
+use super::error::FrontendError;
+use super::exchange::{Exchange, Expect, Item, Until};
+use super::route::{Decision, Dest};
+use super::session::{Session, Tx, FLUSH_AT};
+use crate::backend::{Checkout, ServerConn};
+use crate::metrics::partitions::Request;
+use crate::metrics::RequestKind;
+use crate::protocol::messages::{
+    command_complete, command_tag, encode_query, parse_error, ready_for_query, tag_rows,
+};
+use crate::protocol::{sqlstate, Frame};
+
+/// What to send.
+pub enum Work<'a> {
+    Simple(&'a Frame),
+    /// Buffered extended-protocol messages; true if they end with Sync.
+    Batch(&'a [Msg], bool),
+}
+
+impl Work<'_> {
+    fn bytes_in(&self) -> u64 {
+        match self {
+            Work::Simple(f) => f.bytes.len() as u64,
+            Work::Batch(msgs, _) => msgs
+                .iter()
+                .map(|m| match m {
+                    Msg::Bind { frame, .. } | Msg::Raw { frame, .. } => frame.bytes.len() as u64,
+                    Msg::Parse(p) => p.parse.bytes.len() as u64,
+                    _ => 0,
+                })
+                .sum(),
+        }
+    }
+}
+
+/// How a unit of work ended, for the caller's bookkeeping.
+pub struct Outcome {
+    /// The server (or a node in a fan-out) answered with an error.
+    pub error: bool,
+}
+
+impl Session {
+    pub(super) async fn execute(
+        &mut self,
+        d: Decision,
+        work: Work<'_>,
+        started: Instant,
+        session_after: Option<u64>,
+    ) -> Result<Outcome, FrontendError> {
+        let (node, partition) = match d.dest {
+            Dest::AllNodes => {
+                if self.attached.is_some() || self.tx != Tx::None {
+                    return Err(FrontendError::route(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "a statement without the shard key would need every shard, which a transaction cannot span"
+                            .into(),
+                        "filter on the shard key, or run it outside the transaction".into(),
+                    ));
+                }
+                return self.fanout(work, started).await;
+            }
+            Dest::Anywhere => (
+                self.attached
+                    .as_ref()
+                    .map(|c| c.node())
+                    .unwrap_or(self.shared.default_node),
+                None,
+            ),
+            Dest::Node {
+                node, partition, ..
+            } => (node, partition),
+        };
+        if let Some(c) = &self.attached {
+            if c.node() != node {
+                let names = self.shared.routing.peek();
+                return Err(FrontendError::route(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "this transaction runs on shard node \"{}\"; a statement for node \"{}\" cannot join it",
+                        names.nodes()[c.node()],
+                        names.nodes()[node]
+                    ),
+                    "keep each transaction on one shard key, or commit before switching".into(),
+                ));
+            }
+        }
+        let mut conn = match self.attached.take() {
+            Some(c) => c,
+            None => {
+                let c = self.shared.pools[node].checkout().await?;
+                self.set_cancel(&[&c]);
+                c
+            }
+        };
+        let mut out = BytesMut::with_capacity(256);
+        let mut ex = Exchange::default();
+        self.prelude(&mut conn, &mut out, &mut ex);
+        match work {
+            Work::Simple(f) => {
+                out.extend_from_slice(&f.bytes);
+                ex.push(Expect::forward(Until::Query));
+            }
+            Work::Batch(msgs, _) => build_batch(msgs, &conn, &mut out, &mut ex),
+        }
+        let out_before = self.wbuf.len() as u64;
+        let result = async {
+            conn.write_all(&out).await?;
+            self.pump(&mut conn, &mut ex).await
+        }
+        .await;
+        let (rows, error) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                conn.reusable = false;
+                return Err(e);
+            }
+        };
+        if let (Some(fp), false) = (session_after, error) {
+            conn.session = fp;
+        }
+        let latency = started.elapsed();
+        let m = &self.shared.metrics;
+        m.latency[node].observe(latency.as_secs_f64());
+        if let Some(p) = partition {
+            m.requests.record(
+                p,
+                Request {
+                    kind: if d.write {
+                        RequestKind::Write
+                    } else {
+                        RequestKind::Read
+                    },
+                    rows,
+                    bytes_in: work.bytes_in(),
+                    bytes_out: (self.wbuf.len() as u64).saturating_sub(out_before),
+                    latency_us: latency.as_micros() as u64,
+                    error,
+                },
+            );
+        }
+        self.attached = Some(conn);
+        self.release_if_idle();
+        Ok(Outcome { error })
+    }
+
+    /// What a connection needs before the client's work: the client's
+    /// session settings, and a deferred BEGIN with its queued statements.
+    fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+        let fp = self.settings.fingerprint();
+        if conn.session != fp {
+            out.extend_from_slice(&encode_query(&self.settings.sync_sql()).bytes);
+            ex.push(Expect::swallow(Until::Query));
+            conn.session = fp;
+        }
+        if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
+            for sql in prelude {
+                out.extend_from_slice(&encode_query(&sql).bytes);
+                ex.push(Expect::swallow(Until::Query));
+            }
+        }
+    }
+
+    /// Relays replies until the exchange is done; returns (rows, saw error).
+    async fn pump(
+        &mut self,
+        conn: &mut ServerConn,
+        ex: &mut Exchange,
+    ) -> Result<(u64, bool), FrontendError> {
+        let mut rows = 0;
+        let mut error = false;
+        loop {
+            match ex.next(conn).await? {
+                Item::Msg(f) => {
+                    match f.tag {
+                        b'C' => rows += tag_rows(command_tag(&f)),
+                        b'E' => {
+                            error = true;
+                            self.shared.metrics.error(&parse_error(&f).code, "server");
+                        }
+                        _ => {}
+                    }
+                    self.write(&f);
+                    if self.wbuf.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+                Item::CopyIn(f) => {
+                    self.write(&f);
+                    self.flush().await?;
+                    self.copy_in(conn).await?;
+                }
+                Item::Done(z) => {
+                    match z {
+                        Some(z) => self.write(&z),
+                        // After a Flush the server owes a Sync: not poolable yet.
+                        None => conn.status = b'?',
+                    }
+                    return Ok((rows, error));
+                }
+            }
+        }
+    }
+
+    /// Streams COPY data from the client to the server until CopyDone/Fail.
+    async fn copy_in(&mut self, conn: &mut ServerConn) -> Result<(), FrontendError> {
+        let mut chunk = BytesMut::with_capacity(64 * 1024);
+        loop {
+            let Some(f) = self.read_frame().await? else {
+                return Err(FrontendError::ClientIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            };
+            match f.tag {
+                b'd' => chunk.extend_from_slice(&f.bytes),
+                b'c' | b'f' => {
+                    chunk.extend_from_slice(&f.bytes);
+                    conn.write_all(&chunk).await?;
+                    return Ok(());
+                }
+                b'H' | b'S' => {}
+                other => {
+                    return Err(FrontendError::Protocol(
+                        crate::protocol::ProtocolError::Unexpected {
+                            tag: other as char,
+                            when: "during COPY FROM STDIN",
+                        },
+                    ))
+                }
+            }
+            if chunk.len() >= FLUSH_AT {
+                conn.write_all(&chunk).await?;
+                chunk.clear();
+            }
+        }
+    }
+
+    /// Runs a read on every node and merges the replies.
+    async fn fanout(&mut self, work: Work<'_>, started: Instant) -> Result<Outcome, FrontendError> {
+        let mut conns: Vec<Checkout> = Vec::with_capacity(self.shared.pools.len());
+        // Pools are taken in node order so two fan-outs cannot deadlock.
+        for pool in self.shared.pools.clone().iter() {
+            conns.push(pool.checkout().await?);
+        }
+        self.set_cancel(&conns.iter().collect::<Vec<_>>());
+        let result = self.fanout_run(&mut conns, work).await;
+        self.set_cancel(&[]);
+        if result.is_err() {
+            for c in &mut conns {
+                c.reusable = false;
+            }
+        }
+        self.shared
+            .metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn fanout_run(
+        &mut self,
+        conns: &mut [Checkout],
+        work: Work<'_>,
+    ) -> Result<Outcome, FrontendError> {
+        let mut exs: Vec<Exchange> = Vec::with_capacity(conns.len());
+        for c in conns.iter_mut() {
+            let mut out = BytesMut::with_capacity(256);
+            let mut ex = Exchange::default();
+            self.prelude(c, &mut out, &mut ex);
+            match work {
+                Work::Simple(f) => {
+                    out.extend_from_slice(&f.bytes);
+                    ex.push(Expect::forward(Until::Query));
+                }
+                Work::Batch(msgs, _) => build_batch(msgs, c, &mut out, &mut ex),
+            }
+            c.write_all(&out).await?;
+            exs.push(ex);
+        }
+        let n = conns.len();
+        let mut done = vec![false; n];
+        let mut error: Option<Frame> = None;
+        let mut last_z: Option<Frame> = None;
+        // Segment by segment: the first node's replies pass through (its
+        // RowDescription, its rows); the others contribute rows only; the
+        // segment's end (CommandComplete etc.) is emitted once, with the sum.
+        while !done.iter().all(|d| *d) {
+            let mut end: Option<Frame> = None;
+            let mut rows = 0u64;
+            for i in 0..n {
+                while !done[i] {
+                    match exs[i].next(&mut conns[i]).await? {
+                        Item::Msg(f) => match f.tag {
+                            b'C' | b'I' | b's' => {
+                                rows += tag_rows(command_tag(&f));
+                                if i == 0 {
+                                    end = Some(f);
+                                }
+                                break;
+                            }
+                            b'E' => {
+                                error.get_or_insert(f);
+                                break;
+                            }
+                            b'D' if error.is_none() => self.write(&f),
+                            b'Z' => {}
+                            _ if i == 0 && error.is_none() => self.write(&f),
+                            _ => {}
+                        },
+                        Item::CopyIn(_) => {
+                            conns[i].reusable = false;
+                            return Err(FrontendError::route(
+                                sqlstate::FEATURE_NOT_SUPPORTED,
+                                "COPY cannot run on every shard at once".into(),
+                                "COPY into one shard's rows at a time".into(),
+                            ));
+                        }
+                        Item::Done(z) => {
+                            done[i] = true;
+                            if i == 0 {
+                                last_z = z;
+                            }
+                        }
+                    }
+                    if self.wbuf.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                }
+            }
+            if error.is_none() {
+                if let Some(end) = end {
+                    if end.tag == b'C' {
+                        self.write(&command_complete(&merged_tag(command_tag(&end), rows)));
+                    } else {
+                        self.write(&end);
+                    }
+                }
+            }
+        }
+        let failed = error.is_some();
+        if let Some(e) = error {
+            self.shared.metrics.error(&parse_error(&e).code, "server");
+            self.write(&e);
+        }
+        if last_z.is_some() {
+            self.write(&ready_for_query(b'I'));
+        }
+        Ok(Outcome { error: failed })
+    }
+}
+
+/// `SELECT 3` from one node becomes `SELECT <sum>`; tags without a count stay.
+fn merged_tag(tag: &str, rows: u64) -> String {
+    match tag.rsplit_once(' ') {
+        Some((head, n)) if n.parse::<u64>().is_ok() => format!("{head} {rows}"),
+        _ => tag.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn merged_tags_sum_counts() {
+        assert_eq!(super::merged_tag("SELECT 3", 10), "SELECT 10");
+        assert_eq!(super::merged_tag("CREATE INDEX", 0), "CREATE INDEX");
+        assert_eq!(super::merged_tag("INSERT 0 1", 3), "INSERT 0 3");
+    }
+}

@@ -1,0 +1,235 @@
+//! One client connection after startup: reads messages, keeps the
+//! transaction state, and hands each unit of work (a simple query, or an
+//! extended-protocol batch up to Sync/Flush) to the executor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::batch::Prepared;
+use super::cancel::{CancelSlot, CancelTarget};
+use super::error::FrontendError;
+use super::settings::Settings;
+use super::Shared;
+use crate::backend::Checkout;
+use crate::protocol::messages::{error_response, ready_for_query};
+use crate::protocol::{sqlstate, try_frame, Frame};
+
+/// The proxy's view of the client's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tx {
+    /// No transaction, or one running on the attached server connection
+    /// (its ReadyForQuery status is then the truth).
+    None,
+    /// `BEGIN` was answered by the proxy; the server sees it, with any queued
+    /// statements, once the first routed statement picks the node.
+    Deferred { prelude: Vec<String> },
+    /// The proxy refused a statement inside a transaction: everything but
+    /// COMMIT/ROLLBACK fails until the client ends it.
+    Failed,
+}
+
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    rbuf: BytesMut,
+    pub(super) wbuf: BytesMut,
+    /// The server connection of the running transaction, if any.
+    pub(super) attached: Option<Checkout>,
+    pub(super) tx: Tx,
+    pub(super) statements: HashMap<String, Arc<Prepared>>,
+    pub(super) unnamed: Option<Arc<Prepared>>,
+    pub(super) batch: Vec<Frame>,
+    pub(super) settings: Settings,
+    cancel: CancelSlot,
+    /// `application_name`, for the recorder.
+    #[allow(dead_code)] // read by the recorder (per-source load), next
+    pub(super) app: Arc<str>,
+}
+
+/// Flush to the client once this much output is buffered.
+pub(super) const FLUSH_AT: usize = 64 * 1024;
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+        rbuf: BytesMut,
+        settings: Settings,
+        cancel: CancelSlot,
+        app: Arc<str>,
+    ) -> Self {
+        Self {
+            shared,
+            rd,
+            wr,
+            rbuf,
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            attached: None,
+            tx: Tx::None,
+            statements: HashMap::new(),
+            unnamed: None,
+            batch: Vec::new(),
+            settings,
+            cancel,
+            app,
+        }
+    }
+
+    /// The query loop; returns when the client leaves or breaks the protocol.
+    pub async fn run(mut self) -> Result<(), FrontendError> {
+        loop {
+            let Some(f) = self.read_frame().await? else {
+                return Ok(());
+            };
+            let r = match f.tag {
+                b'Q' => self.simple_query(f).await,
+                b'P' | b'B' | b'D' | b'E' | b'C' => {
+                    self.batch.push(f);
+                    Ok(())
+                }
+                b'H' | b'S' => {
+                    self.batch.push(f);
+                    self.run_batch().await
+                }
+                b'X' => return Ok(()),
+                // Stray COPY messages after a failed COPY are ignored, as the server does.
+                b'd' | b'c' | b'f' => Ok(()),
+                other => Err(FrontendError::Protocol(
+                    crate::protocol::ProtocolError::Unexpected {
+                        tag: other as char,
+                        when: "in the query loop",
+                    },
+                )),
+            };
+            if let Err(e) = r {
+                if e.is_fatal() {
+                    let _ = self.send_now(&e.to_frame()).await;
+                    return Err(e);
+                }
+                self.report(&e);
+                self.write(&ready_for_query(self.status()));
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Sends an error for a refused unit of work. Inside a transaction the
+    /// transaction is aborted, as PostgreSQL would on any error.
+    pub(super) fn report(&mut self, e: &FrontendError) {
+        self.shared.metrics.error(e.sqlstate(), "proxy");
+        self.write(&e.to_frame());
+        if matches!(e, FrontendError::Backend(_)) {
+            // The server connection is gone; so is any transaction on it.
+            if self.attached.take().is_some() || self.tx != Tx::None {
+                self.tx = Tx::Failed;
+            }
+            self.set_cancel(&[]);
+            return;
+        }
+        let in_tx = self.tx != Tx::None || self.attached.as_ref().is_some_and(|c| c.status != b'I');
+        if in_tx {
+            self.tx = Tx::Failed;
+            if let Some(mut c) = self.attached.take() {
+                // Roll back in the background; the connection returns to the
+                // pool once the server confirms.
+                tokio::spawn(async move {
+                    let _ = rollback(&mut c).await;
+                });
+                self.set_cancel(&[]);
+            }
+        }
+    }
+
+    /// The ReadyForQuery status the client should see now.
+    pub(super) fn status(&self) -> u8 {
+        match (&self.tx, &self.attached) {
+            (Tx::Failed, _) => b'E',
+            (Tx::Deferred { .. }, _) => b'T',
+            (Tx::None, Some(c)) if c.status == b'T' || c.status == b'E' => c.status,
+            _ => b'I',
+        }
+    }
+
+    /// Error for statements sent inside a transaction the proxy aborted.
+    pub(super) fn failed_tx_error(&mut self) {
+        self.shared
+            .metrics
+            .error(sqlstate::IN_FAILED_TRANSACTION, "proxy");
+        self.write(&error_response(
+            "ERROR",
+            sqlstate::IN_FAILED_TRANSACTION,
+            "current transaction is aborted, commands ignored until end of transaction block",
+            None,
+        ));
+        self.write(&ready_for_query(b'E'));
+    }
+
+    #[inline]
+    pub(super) fn write(&mut self, f: &Frame) {
+        self.wbuf.extend_from_slice(&f.bytes);
+    }
+
+    pub(super) async fn flush(&mut self) -> Result<(), FrontendError> {
+        if !self.wbuf.is_empty() {
+            self.wr.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn send_now(&mut self, f: &Frame) -> Result<(), FrontendError> {
+        self.write(f);
+        self.flush().await
+    }
+
+    /// The next client message; None at a clean end of stream.
+    pub(super) async fn read_frame(&mut self) -> Result<Option<Frame>, FrontendError> {
+        loop {
+            if let Some(f) = try_frame(&mut self.rbuf)? {
+                return Ok(Some(f));
+            }
+            if self.rd.read_buf(&mut self.rbuf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Points the client's cancel slot at the connections now working for it.
+    pub(super) fn set_cancel(&self, conns: &[&Checkout]) {
+        let mut slot = self.cancel.lock();
+        slot.clear();
+        slot.extend(conns.iter().map(|c| CancelTarget {
+            addr: c.addr.clone(),
+            pid: c.pid,
+            secret: c.secret,
+        }));
+    }
+
+    /// Returns the attached connection to its pool once its transaction ended.
+    pub(super) fn release_if_idle(&mut self) {
+        if self.attached.as_ref().is_some_and(|c| c.status == b'I') {
+            self.attached = None;
+            self.set_cancel(&[]);
+        }
+    }
+}
+
+/// Ends whatever transaction a connection is in, so it can be pooled again.
+async fn rollback(c: &mut Checkout) -> Result<(), crate::backend::BackendError> {
+    c.write_all(&crate::protocol::messages::encode_query("ROLLBACK").bytes)
+        .await?;
+    loop {
+        let f = c.read_frame().await?;
+        if f.tag == b'Z' {
+            c.status = crate::protocol::messages::ready_status(&f);
+            return Ok(());
+        }
+    }
+}

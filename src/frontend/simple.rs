@@ -1,0 +1,130 @@
+//! The simple query protocol: one `Query` message, one or more statements.
+
+use std::time::Instant;
+
+use super::error::FrontendError;
+use super::execute::Work;
+use super::route::{combine, decide};
+use super::session::{Session, Tx};
+use super::settings::UNKNOWN;
+use crate::protocol::messages::{
+    command_complete, empty_query_response, parse_query, ready_for_query,
+};
+use crate::protocol::Frame;
+use crate::router::Command;
+
+impl Session {
+    pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), FrontendError> {
+        let started = Instant::now();
+        let sql = parse_query(&f)?;
+        if sql.trim().trim_matches(';').trim().is_empty() && self.attached.is_none() {
+            self.write(&empty_query_response());
+            self.write(&ready_for_query(self.status()));
+            return Ok(());
+        }
+        let shapes = self.shared.analyzer.analyze(sql).map_err(|e| {
+            FrontendError::route(
+                crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("cannot route this statement: {e}"),
+                "see the shard-key rules in the README".into(),
+            )
+        })?;
+        if self.attached.is_none() && shapes.len() == 1 {
+            if let Some(tag) = self.local_transaction_control(shapes[0].command, sql) {
+                self.write(&command_complete(&tag));
+                self.write(&ready_for_query(self.status()));
+                return Ok(());
+            }
+        }
+        if self.tx == Tx::Failed {
+            self.failed_tx_error();
+            return Ok(());
+        }
+        let decision = {
+            let table = self.shared.routing.peek();
+            let default = self.shared.default_node;
+            let each: Vec<_> = shapes
+                .iter()
+                .map(|s| decide(s, None, &table, default))
+                .collect::<Result<_, _>>()?;
+            combine(&each)?
+        };
+        // A session-level SET/RESET changes what the connection carries;
+        // inside a transaction its fate is unknown, so force a reset later.
+        let mut next_settings = None;
+        let mut session_after = None;
+        if shapes.len() == 1
+            && matches!(
+                shapes[0].command,
+                Command::Set | Command::Reset | Command::Other
+            )
+        {
+            let mut s = self.settings.clone();
+            if s.apply(sql) {
+                let in_tx = self.tx != Tx::None || self.attached.is_some();
+                session_after = Some(if in_tx { UNKNOWN } else { s.fingerprint() });
+                if !in_tx {
+                    next_settings = Some(s);
+                }
+            }
+        }
+        let outcome = self
+            .execute(decision, Work::Simple(&f), started, session_after)
+            .await?;
+        if let (Some(s), false) = (next_settings, outcome.error) {
+            self.settings = s;
+        }
+        Ok(())
+    }
+
+    /// Transaction control the proxy answers itself while no server
+    /// connection is attached; returns the command tag, or None when the
+    /// statement must go to a server.
+    fn local_transaction_control(&mut self, command: Command, sql: &str) -> Option<String> {
+        match (&mut self.tx, command) {
+            (Tx::None, Command::Begin) => {
+                self.tx = Tx::Deferred {
+                    prelude: vec![sql.to_string()],
+                };
+                Some("BEGIN".into())
+            }
+            (Tx::Deferred { .. }, Command::Commit | Command::Rollback) => {
+                self.tx = Tx::None;
+                Some(
+                    if command == Command::Commit {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    }
+                    .into(),
+                )
+            }
+            (Tx::Failed, Command::Commit | Command::Rollback) => {
+                self.tx = Tx::None;
+                Some("ROLLBACK".into())
+            }
+            (Tx::Deferred { prelude }, Command::Set | Command::Savepoint | Command::Reset) => {
+                // Queued until the transaction picks its node.
+                prelude.push(sql.to_string());
+                let first = sql
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("SET")
+                    .to_ascii_uppercase();
+                Some(first.trim_end_matches(';').to_string())
+            }
+            (Tx::None, Command::Commit | Command::Rollback) => {
+                // PostgreSQL warns and succeeds; do the same without a server.
+                Some(
+                    if command == Command::Commit {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    }
+                    .into(),
+                )
+            }
+            _ => None,
+        }
+    }
+}

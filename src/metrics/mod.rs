@@ -1,0 +1,88 @@
+//! Proxy-wide metrics: per-partition request counters kept as plain atomics
+//! (the hot path does a few relaxed adds, no lock, no allocation), latency
+//! histograms per node, and errors by SQLSTATE. Rendered in the Prometheus
+//! text format on demand by the admin server.
+
+pub mod partitions;
+
+pub use partitions::{PartitionCounters, RequestKind, RequestStats};
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: RequestStats,
+    /// Statement latency as seen by the proxy, one histogram per node
+    /// (index = node id), resolved once so the hot path skips label lookup.
+    pub latency: Vec<Histogram>,
+    pub fanout_latency: Histogram,
+    pub errors: IntCounterVec,
+    pub client_connections: IntGauge,
+    pub routing_epoch: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(nodes: &[String]) -> Self {
+        let registry = Registry::new();
+        let lat = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "shardcast_router_request_duration_seconds",
+                "Time from a statement's arrival to the server's last reply, by node",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["node"],
+        )
+        .expect("valid metric");
+        let latency = nodes
+            .iter()
+            .map(|n| lat.with_label_values(&[n.as_str()]))
+            .collect();
+        let fanout_latency = lat.with_label_values(&["*fanout*"]);
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "shardcast_frontend_errors_total",
+                "Errors sent to clients, by SQLSTATE and origin",
+            ),
+            &["sqlstate", "origin"],
+        )
+        .expect("valid metric");
+        let client_connections = IntGauge::new(
+            "shardcast_frontend_client_connections",
+            "Open client connections",
+        )
+        .expect("valid metric");
+        let routing_epoch = IntGauge::new(
+            "shardcast_ring_routing_epoch",
+            "Epoch of the routing table in use",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(lat) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(client_connections.clone()),
+            Box::new(routing_epoch.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Self {
+            registry,
+            requests: RequestStats::new(),
+            latency,
+            fanout_latency,
+            errors,
+            client_connections,
+            routing_epoch,
+        }
+    }
+
+    /// Counts an error sent to a client. `origin` is `proxy` or `server`.
+    pub fn error(&self, sqlstate: &str, origin: &str) {
+        self.errors.with_label_values(&[sqlstate, origin]).inc();
+    }
+}

@@ -1,0 +1,21 @@
+//! SQLSTATE codes the proxy itself raises (PostgreSQL Appendix A).
+
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+pub const CONNECTION_FAILURE: &str = "08006";
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+pub const INVALID_PASSWORD: &str = "28P01";
+pub const INVALID_AUTHORIZATION: &str = "28000";
+pub const IN_FAILED_TRANSACTION: &str = "25P02";
+pub const INVALID_PREPARED_STATEMENT: &str = "26000";
+pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+pub const SYNTAX_ERROR: &str = "42601";
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+pub const QUERY_CANCELED: &str = "57014";
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub const INTERNAL_ERROR: &str = "XX000";
+/// Raised for a statement that needs a shard key it does not give: a write
+/// with no key, or a transaction spanning shards. Class 0A: not supported.
+pub const NEEDS_SHARD_KEY: &str = "0A000";

@@ -1,0 +1,159 @@
+//! Starting and stopping the proxy: builds the shared state from the
+//! config, binds the client and admin listeners, spawns the named
+//! background tasks, and shuts them all down on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use crate::backend::{NodeTarget, Pool};
+use crate::config::Config;
+use crate::frontend::{handle_client, CancelRegistry, Shared};
+use crate::metrics::Metrics;
+use crate::ring::{Routing, RoutingTable};
+use crate::router::Analyzer;
+
+/// Parameters reported to clients when no node answered at startup.
+fn fallback_params() -> Vec<(String, String)> {
+    [
+        ("server_version", "15.0"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("IntervalStyle", "postgres"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Builds everything the connections share. Nodes that cannot be reached
+/// are reported and retried on demand: the proxy still starts.
+pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
+    let names: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
+    let table = RoutingTable::even(1, config.sharding.partitions, names.clone())
+        .context("building the initial routing table")?;
+    let mut pools = Vec::new();
+    for (i, n) in config.nodes.iter().enumerate() {
+        let target = NodeTarget::from_url(&n.name, &n.url)
+            .map_err(|e| anyhow::anyhow!("node {}: url: {e}", n.name))?;
+        pools.push(Pool::new(
+            i,
+            target,
+            config.pool.size,
+            Duration::from_millis(config.pool.checkout_timeout_ms),
+        ));
+    }
+    let mut server_params = None;
+    for p in &pools {
+        match p.warm_up().await {
+            Ok(params) => {
+                info!(node = %p.target.name, "node reachable");
+                server_params.get_or_insert(params);
+            }
+            Err(e) => {
+                warn!(node = %p.target.name, error = %e, "node unreachable at startup; will retry on demand")
+            }
+        }
+    }
+    let metrics = Arc::new(Metrics::new(&names));
+    metrics.requests.ensure(
+        table
+            .partitions()
+            .iter()
+            .map(|p| p.id as usize + 1)
+            .max()
+            .unwrap_or(0),
+    );
+    metrics.routing_epoch.set(table.epoch() as i64);
+    Ok(Arc::new(Shared {
+        analyzer: Analyzer::new(&config.tables),
+        default_node: config.default_node(),
+        server_params: server_params.unwrap_or_else(fallback_params),
+        routing: Arc::new(Routing::new(table)),
+        pools,
+        metrics,
+        cancels: CancelRegistry::default(),
+        config,
+    }))
+}
+
+/// Runs the proxy until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listen = config.proxy.listen.clone();
+    let admin_listen = config.proxy.admin_listen.clone();
+    let shared = build_shared(config).await?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([proxy] listen)"))?;
+    let admin = TcpListener::bind(&admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} ([proxy] admin_listen)"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    info!(%listen, %admin_listen, nodes = shared.pools.len(), "shardcast is up");
+
+    let admin_task = tokio::spawn(
+        crate::admin::serve(admin, shared.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("admin")),
+    );
+    let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = accept_task.await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut next_id: u64 = 0;
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        next_id += 1;
+        let shared = shared.clone();
+        let span = tracing::debug_span!("client", id = next_id, %peer);
+        tokio::spawn(
+            async move {
+                if let Err(e) = handle_client(shared, stream).await {
+                    tracing::debug!(error = %e, "client session ended with an error");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
