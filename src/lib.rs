@@ -10,6 +10,7 @@ pub mod admin;
 pub mod analyzer;
 pub mod backend;
 pub mod config;
+pub mod demo;
 pub mod frontend;
 pub mod metrics;
 pub mod protocol;

@@ -22,6 +22,12 @@ enum Cmd {
         #[arg(long, default_value = "config/shardcast.toml")]
         config: PathBuf,
     },
+    /// Set up the shard databases on the local server, start the proxy on
+    /// the sample config and show where sample rows land.
+    Demo {
+        #[arg(long, default_value = "config/shardcast.toml")]
+        config: PathBuf,
+    },
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, default_value = "config/shardcast.toml")]
@@ -39,6 +45,14 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(shardcast::proxy::run(cfg))
+        }
+        Cmd::Demo { config } => {
+            init_logging();
+            let cfg = shardcast::config::Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(shardcast::demo::run(cfg))
         }
         Cmd::CheckConfig { config } => match shardcast::config::Config::load(&config) {
             Ok(_) => {

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
+use crate::analyzer::Recorder;
 use crate::backend::{NodeTarget, Pool};
 use crate::config::Config;
 use crate::frontend::{handle_client, CancelRegistry, Shared};
@@ -64,14 +65,11 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         }
     }
     let metrics = Arc::new(Metrics::new(&names));
-    metrics.requests.ensure(
-        table
-            .partitions()
-            .iter()
-            .map(|p| p.id as usize + 1)
-            .max()
-            .unwrap_or(0),
-    );
+    let recorder = Arc::new(Recorder::new(
+        config.recorder.enabled,
+        config.recorder.history_minutes,
+    ));
+    recorder.ensure(table.partitions().iter().map(|p| p.id));
     metrics.routing_epoch.set(table.epoch() as i64);
     Ok(Arc::new(Shared {
         analyzer: Analyzer::new(&config.tables),
@@ -80,6 +78,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         routing: Arc::new(Routing::new(table)),
         pools,
         metrics,
+        recorder,
         cancels: CancelRegistry::default(),
         config,
     }))
@@ -103,6 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::admin::serve(admin, shared.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("admin")),
     );
+    let rollup_task = tokio::spawn(rollup(shared.clone(), stop_rx.clone()));
     let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
 
     shutdown_signal().await;
@@ -110,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = accept_task.await;
     let _ = admin_task.await;
+    let _ = rollup_task.await;
     Ok(())
 }
 
@@ -139,6 +140,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
             .instrument(span),
         );
     }
+}
+
+/// Once a second: advance the recorder's clock and roll finished seconds
+/// into each partition's history.
+async fn rollup(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    info!("recorder roll-up started");
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every.tick() => shared.recorder.tick_now(),
+            _ = stop.changed() => break,
+        }
+    }
+    info!("recorder roll-up stopped");
 }
 
 async fn shutdown_signal() {

@@ -92,7 +92,7 @@ pub fn metrics_text(shared: &Shared) -> String {
         );
     }
 
-    let counters = m.requests.snapshot();
+    let counters: std::collections::HashMap<_, _> = shared.recorder.totals().into_iter().collect();
     let _ = writeln!(
         out,
         "# HELP shardcast_router_requests_total Routed statements by partition, node and kind"
@@ -101,30 +101,29 @@ pub fn metrics_text(shared: &Shared) -> String {
     let mut rows = String::new();
     let mut bytes = String::new();
     for p in table.partitions() {
-        let Some(c) = counters.get(p.id as usize) else {
+        let Some(c) = counters.get(&p.id) else {
             continue;
         };
         let node = &table.nodes()[p.node];
-        for (kind, v) in [("read", &c.reads), ("write", &c.writes)] {
+        for (kind, v) in [("read", c.reads), ("write", c.writes)] {
             let _ = writeln!(
                 out,
                 "shardcast_router_requests_total{{node=\"{node}\",partition=\"{}\",kind=\"{kind}\"}} {}",
                 p.id,
-                v.load(Ordering::Relaxed)
+                v
             );
         }
         let _ = writeln!(
             rows,
             "shardcast_router_rows_total{{node=\"{node}\",partition=\"{}\"}} {}",
-            p.id,
-            c.rows.load(Ordering::Relaxed)
+            p.id, c.rows
         );
-        for (dir, v) in [("in", &c.bytes_in), ("out", &c.bytes_out)] {
+        for (dir, v) in [("in", c.bytes_in), ("out", c.bytes_out)] {
             let _ = writeln!(
                 bytes,
                 "shardcast_router_bytes_total{{node=\"{node}\",partition=\"{}\",direction=\"{dir}\"}} {}",
                 p.id,
-                v.load(Ordering::Relaxed)
+                v
             );
         }
     }

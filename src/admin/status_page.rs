@@ -8,7 +8,7 @@ use crate::frontend::Shared;
 
 pub fn render(shared: &Shared) -> String {
     let table = shared.routing.load();
-    let counters = shared.metrics.requests.snapshot();
+    let counters: std::collections::HashMap<_, _> = shared.recorder.totals().into_iter().collect();
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=5>\
          <title>shardcast</title><style>body{font:14px system-ui;margin:2em}table{border-collapse:collapse}\
@@ -39,13 +39,8 @@ pub fn render(shared: &Shared) -> String {
     html.push_str("</table><h2>Partitions</h2><p>green: reads, orange: writes (since start)</p>");
     let load = |id: u32| {
         counters
-            .get(id as usize)
-            .map(|c| {
-                (
-                    c.reads.load(Ordering::Relaxed),
-                    c.writes.load(Ordering::Relaxed),
-                )
-            })
+            .get(&id)
+            .map(|c| (c.reads, c.writes))
             .unwrap_or((0, 0))
     };
     let max = table

@@ -1,1 +1,6 @@
-//! analyzer (in progress)
+//! The Access Pattern Analyzer: records every routed request per partition
+//! and forecasts each partition's load.
+
+pub mod recorder;
+
+pub use recorder::{Recorder, Request, RequestKind};

@@ -19,6 +19,29 @@ pub struct Config {
     pub pool: PoolConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub recorder: RecorderConfig,
+}
+
+/// The per-request recorder (Access Pattern Analyzer).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecorderConfig {
+    /// Off: no per-partition history (and no forecast); for measuring its cost.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Minutes of per-minute history kept per partition (default 7 days).
+    #[serde(default = "defaults::history_minutes")]
+    pub history_minutes: usize,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            history_minutes: defaults::history_minutes(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +157,12 @@ mod defaults {
     }
     pub fn checkout_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn history_minutes() -> usize {
+        7 * 24 * 60
     }
 }
 

@@ -12,9 +12,8 @@ use super::error::FrontendError;
 use super::exchange::{Exchange, Expect, Item, Until};
 use super::route::{Decision, Dest};
 use super::session::{Session, Tx, FLUSH_AT};
+use crate::analyzer::{Request, RequestKind};
 use crate::backend::{Checkout, ServerConn};
-use crate::metrics::partitions::Request;
-use crate::metrics::RequestKind;
 use crate::protocol::messages::{
     command_complete, command_tag, encode_query, parse_error, ready_for_query, tag_rows,
 };
@@ -131,23 +130,22 @@ impl Session {
         let latency = started.elapsed();
         let m = &self.shared.metrics;
         m.latency[node].observe(latency.as_secs_f64());
-        if let Some(p) = partition {
-            m.requests.record(
-                p,
-                Request {
-                    kind: if d.write {
-                        RequestKind::Write
-                    } else {
-                        RequestKind::Read
-                    },
-                    rows,
-                    bytes_in: work.bytes_in(),
-                    bytes_out: (self.wbuf.len() as u64).saturating_sub(out_before),
-                    latency_us: latency.as_micros() as u64,
-                    error,
+        self.shared.recorder.record(
+            partition,
+            self.source,
+            &Request {
+                kind: if d.write {
+                    RequestKind::Write
+                } else {
+                    RequestKind::Read
                 },
-            );
-        }
+                rows,
+                bytes_in: work.bytes_in(),
+                bytes_out: (self.wbuf.len() as u64).saturating_sub(out_before),
+                latency_us: latency.as_micros() as u64,
+                error,
+            },
+        );
         self.attached = Some(conn);
         self.release_if_idle();
         Ok(Outcome { error })

@@ -36,5 +36,6 @@ pub struct Shared {
     /// ParameterStatus values reported to clients (from the first node that answered).
     pub server_params: Vec<(String, String)>,
     pub metrics: Arc<Metrics>,
+    pub recorder: Arc<crate::analyzer::Recorder>,
     pub cancels: CancelRegistry,
 }

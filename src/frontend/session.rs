@@ -14,6 +14,7 @@ use super::cancel::{CancelSlot, CancelTarget};
 use super::error::FrontendError;
 use super::settings::Settings;
 use super::Shared;
+use crate::analyzer::recorder::SourceId;
 use crate::backend::Checkout;
 use crate::protocol::messages::{error_response, ready_for_query};
 use crate::protocol::{sqlstate, try_frame, Frame};
@@ -46,9 +47,8 @@ pub struct Session {
     pub(super) batch: Vec<Frame>,
     pub(super) settings: Settings,
     cancel: CancelSlot,
-    /// `application_name`, for the recorder.
-    #[allow(dead_code)] // read by the recorder (per-source load), next
-    pub(super) app: Arc<str>,
+    /// The client's (application_name, user), interned for the recorder.
+    pub(super) source: SourceId,
 }
 
 /// Flush to the client once this much output is buffered.
@@ -63,7 +63,7 @@ impl Session {
         rbuf: BytesMut,
         settings: Settings,
         cancel: CancelSlot,
-        app: Arc<str>,
+        source: SourceId,
     ) -> Self {
         Self {
             shared,
@@ -78,7 +78,7 @@ impl Session {
             batch: Vec::new(),
             settings,
             cancel,
-            app,
+            source,
         }
     }
 

@@ -84,10 +84,12 @@ pub async fn handle_client(
     stream.write_all(&out).await?;
 
     let settings = Settings::from_startup(params, &shared.server_params);
-    let app: Arc<str> = startup.param("application_name").unwrap_or("").into();
+    let source = shared
+        .recorder
+        .source(startup.param("application_name").unwrap_or(""), &user);
     let (rd, wr) = stream.into_split();
     shared.metrics.client_connections.inc();
-    let result = Session::new(shared.clone(), rd, wr, buf, settings, slot, app)
+    let result = Session::new(shared.clone(), rd, wr, buf, settings, slot, source)
         .run()
         .await;
     shared.metrics.client_connections.dec();

@@ -1,11 +1,7 @@
-//! Proxy-wide metrics: per-partition request counters kept as plain atomics
-//! (the hot path does a few relaxed adds, no lock, no allocation), latency
-//! histograms per node, and errors by SQLSTATE. Rendered in the Prometheus
+//! Proxy-wide metrics: latency histograms per node (resolved once, so the
+//! hot path skips label lookup), errors by SQLSTATE, connections, epoch.
+//! Per-partition request counts live in the analyzer's recorder. Rendered in the Prometheus
 //! text format on demand by the admin server.
-
-pub mod partitions;
-
-pub use partitions::{PartitionCounters, RequestKind, RequestStats};
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
@@ -17,7 +13,6 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     pub registry: Registry,
-    pub requests: RequestStats,
     /// Statement latency as seen by the proxy, one histogram per node
     /// (index = node id), resolved once so the hot path skips label lookup.
     pub latency: Vec<Histogram>,
@@ -72,7 +67,6 @@ impl Metrics {
         }
         Self {
             registry,
-            requests: RequestStats::new(),
             latency,
             fanout_latency,
             errors,
