@@ -41,17 +41,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { config } => {
             init_logging();
             let cfg = shardcast::config::Config::load(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime(cfg.proxy.workers)?;
             rt.block_on(shardcast::proxy::run(cfg))
         }
         Cmd::Demo { config } => {
             init_logging();
             let cfg = shardcast::config::Config::load(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime(cfg.proxy.workers)?;
             rt.block_on(shardcast::demo::run(cfg))
         }
         Cmd::CheckConfig { config } => match shardcast::config::Config::load(&config) {
@@ -75,4 +71,19 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+}
+
+/// One runtime for the whole process; `workers = 1` runs every task on one
+/// thread (no cross-thread wake-ups, like PgBouncer), more spreads them.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
 }

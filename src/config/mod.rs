@@ -53,6 +53,9 @@ pub struct ProxyConfig {
     pub admin_listen: String,
     /// The database name clients ask for.
     pub database: String,
+    /// Threads serving clients (default: 1 per core).
+    #[serde(default = "defaults::workers")]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +160,11 @@ mod defaults {
     }
     pub fn checkout_timeout_ms() -> u64 {
         5_000
+    }
+    pub fn workers() -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     }
     pub fn yes() -> bool {
         true

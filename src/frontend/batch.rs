@@ -154,6 +154,13 @@ impl Session {
                 b'P' => {
                     let p = parse_parse(&f)?;
                     let stmt = if p.name.is_empty() {
+                        // Drivers re-send the same unnamed statement; reuse it.
+                        if let Some(prev) =
+                            self.unnamed.as_ref().filter(|u| u.parse.bytes == f.bytes)
+                        {
+                            msgs.push(Msg::Parse(prev.clone()));
+                            continue;
+                        }
                         let s = Arc::new(Prepared {
                             id: 0,
                             server_name: String::new(),

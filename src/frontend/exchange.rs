@@ -106,6 +106,11 @@ impl Exchange {
         self.queue.push_back(e);
     }
 
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.ready.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.ready.is_empty()
     }

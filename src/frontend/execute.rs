@@ -101,8 +101,11 @@ impl Session {
                 c
             }
         };
-        let mut out = BytesMut::with_capacity(256);
-        let mut ex = Exchange::default();
+        // Reused across rounds: no allocation per statement.
+        let mut out = std::mem::take(&mut self.sbuf);
+        let mut ex = std::mem::take(&mut self.exchange);
+        out.clear();
+        ex.clear();
         self.prelude(&mut conn, &mut out, &mut ex);
         match work {
             Work::Simple(f) => {
@@ -117,6 +120,8 @@ impl Session {
             self.pump(&mut conn, &mut ex).await
         }
         .await;
+        self.sbuf = out;
+        self.exchange = ex;
         let (rows, error) = match result {
             Ok(r) => r,
             Err(e) => {

@@ -45,6 +45,9 @@ pub struct Session {
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
     pub(super) batch: Vec<Frame>,
+    /// Scratch space reused by every round (bytes to a server, expectations).
+    pub(super) sbuf: BytesMut,
+    pub(super) exchange: super::exchange::Exchange,
     pub(super) settings: Settings,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
@@ -76,6 +79,8 @@ impl Session {
             statements: HashMap::new(),
             unnamed: None,
             batch: Vec::new(),
+            sbuf: BytesMut::with_capacity(1024),
+            exchange: Default::default(),
             settings,
             cancel,
             source,
