@@ -101,6 +101,7 @@ impl Session {
                 c
             }
         };
+        let in_tx = conn.status != b'I' || matches!(self.tx, Tx::Deferred { .. });
         // Reused across rounds: no allocation per statement.
         let mut out = std::mem::take(&mut self.sbuf);
         let mut ex = std::mem::take(&mut self.exchange);
@@ -126,6 +127,10 @@ impl Session {
             Ok(r) => r,
             Err(e) => {
                 conn.reusable = false;
+                if in_tx {
+                    // The transaction died with its connection.
+                    self.tx = Tx::Failed;
+                }
                 return Err(e);
             }
         };
