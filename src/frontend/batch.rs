@@ -197,8 +197,8 @@ impl Session {
                     let stmt = self.lookup(b.statement)?;
                     let shapes = stmt.shapes.as_ref().map_err(|e| {
                         FrontendError::route(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            format!("cannot route this statement: {e}"),
+                            e.sqlstate(),
+                            e.to_string(),
                             "see the shard-key rules in the README".into(),
                         )
                     })?;

@@ -24,8 +24,8 @@ impl Session {
         }
         let shapes = self.shared.analyzer.analyze(sql).map_err(|e| {
             FrontendError::route(
-                crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("cannot route this statement: {e}"),
+                e.sqlstate(),
+                e.to_string(),
                 "see the shard-key rules in the README".into(),
             )
         })?;

@@ -5,6 +5,11 @@
 //! or a `$n` parameter that Bind will supply). Shapes are cached per
 //! normalised text, so a statement seen before costs a lexer pass, not a parse.
 
+mod cache;
+pub mod keys;
+pub mod lexer;
 pub mod sql;
 
 pub use sql::{Analyzer, Command, KeyRef, KeyValue, RouteError, Shape, Target};
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,29 @@
 //! Shard-key extraction from SQL text (sqlparser, PostgreSQL dialect).
+//!
+//! A statement's *shape* — its command, the sharded table it touches and
+//! where the key comes from — is worked out once per normalised text (see
+//! `lexer`) and cached; a later statement of the same shape only re-reads
+//! its literals. Statements the parser cannot read are still classified
+//! (by their first keyword) and routed conservatively: if they name a
+//! sharded table they are treated as touching every shard.
 
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use sqlparser::ast::{
+    self, AssignmentTarget, BinaryOperator, Expr, FromTable, InTarget, ObjectName, ObjectNamePart,
+    Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::cache::ShapeCache;
+use super::keys::key_from_text;
+use super::lexer::{literal_value, normalize, placeholder_text, Normalized, PLACEHOLDER_BASE};
 use crate::config::{KeyType, TableConfig};
+
+pub use super::keys::{hash_key, key_from_param};
 
 /// What a statement does, as far as routing and transactions care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,65 +99,551 @@ pub struct Shape {
     pub target: Target,
 }
 
+impl RouteError {
+    /// The SQLSTATE a client gets for this refusal.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            RouteError::BadKey(_) => crate::protocol::sqlstate::INVALID_TEXT_REPRESENTATION,
+            RouteError::KeyUpdate { .. } => crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
-    #[error("syntax error: {0}")]
-    Syntax(String),
     #[error("{0}")]
-    Unsupported(String),
+    BadKey(String),
+    #[error("UPDATE of \"{table}\" changes its shard key \"{key}\"; delete the row and insert it again instead")]
+    KeyUpdate { table: String, key: String },
+}
+
+/// A sharded table as the router sees it.
+#[derive(Debug, Clone)]
+struct Sharded {
+    name: Arc<str>,
+    key: Arc<str>,
+    key_type: KeyType,
+}
+
+/// A key in a cached shape: known, a parameter, or "literal number k".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Patch {
+    pub shape: usize,
+    pub key: usize,
+    pub literal: usize,
+    pub negate: bool,
+    pub key_type: KeyType,
+}
+
+/// A cached analysis: shapes with placeholders where literals go.
+#[derive(Debug, Clone)]
+pub(super) struct Template {
+    pub shapes: Arc<[Shape]>,
+    pub patches: Vec<Patch>,
+    /// A refusal is cached like a shape.
+    pub error: Option<RouteError>,
 }
 
 /// Analyses statements against the sharded tables; shared by all connections.
 pub struct Analyzer {
-    #[allow(dead_code)]
-    tables: Vec<TableConfig>,
+    tables: HashMap<String, Sharded>,
+    cache: ShapeCache,
 }
 
 impl Analyzer {
     pub fn new(tables: &[TableConfig]) -> Self {
+        let tables = tables
+            .iter()
+            .map(|t| {
+                let name = t.name.to_ascii_lowercase();
+                (
+                    name.clone(),
+                    Sharded {
+                        name: name.into(),
+                        key: t.shard_key.to_ascii_lowercase().into(),
+                        key_type: t.key_type,
+                    },
+                )
+            })
+            .collect();
         Self {
-            tables: tables.to_vec(),
+            tables,
+            cache: ShapeCache::new(16_384),
         }
     }
 
     /// The shape of every statement in `sql` (a simple query may hold several).
     pub fn analyze(&self, sql: &str) -> Result<Arc<[Shape]>, RouteError> {
-        // Temporary: classify by first keyword until the real router lands.
-        let first = sql
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let command = match first.trim_end_matches(';') {
-            "begin" | "start" => Command::Begin,
-            "commit" | "end" => Command::Commit,
-            "rollback" | "abort" => Command::Rollback,
-            "set" => Command::Set,
-            "show" => Command::Show,
-            "select" => Command::Select,
-            "insert" => Command::Insert,
-            "update" => Command::Update,
-            "delete" => Command::Delete,
+        let norm = normalize(sql);
+        let template = match self.cache.get(&norm.key) {
+            Some(t) => t,
+            None => {
+                let t = Arc::new(self.analyze_uncached(sql, &norm));
+                self.cache.insert(norm.key.clone(), t.clone());
+                t
+            }
+        };
+        instantiate(&template, sql, &norm)
+    }
+
+    fn analyze_uncached(&self, sql: &str, norm: &Normalized) -> Template {
+        // Parse with literals turned into numbered placeholders: the shape
+        // then says which literal is the key, whatever its value.
+        let text = placeholder_text(sql, &norm.lits);
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &text);
+        match parsed {
+            Ok(stmts) if !stmts.is_empty() => {
+                let mut shapes = Vec::with_capacity(stmts.len());
+                let mut patches = Vec::new();
+                for (i, s) in stmts.iter().enumerate() {
+                    let mut a = StatementAnalysis {
+                        analyzer: self,
+                        patches: Vec::new(),
+                        shape: i,
+                    };
+                    match a.statement(s) {
+                        Ok(shape) => shapes.push(shape),
+                        Err(e) => {
+                            return Template {
+                                shapes: Arc::new([]),
+                                patches: Vec::new(),
+                                error: Some(e),
+                            }
+                        }
+                    }
+                    patches.extend(a.patches);
+                }
+                Template {
+                    shapes: shapes.into(),
+                    patches,
+                    error: None,
+                }
+            }
+            _ => Template {
+                shapes: vec![self.fallback(norm)].into(),
+                patches: Vec::new(),
+                error: None,
+            },
+        }
+    }
+
+    /// A statement the parser cannot read: classify it by its first
+    /// keyword; if it names a sharded table, it touches every shard.
+    fn fallback(&self, norm: &Normalized) -> Shape {
+        let mut words = norm.words();
+        let first = words.next().unwrap_or("");
+        let second = words.next().unwrap_or("");
+        let command = match (first, second) {
+            ("begin", _) | ("start", "transaction") => Command::Begin,
+            ("commit", _) | ("end", _) => Command::Commit,
+            ("rollback", "to") | ("savepoint", _) | ("release", _) => Command::Savepoint,
+            ("rollback", _) | ("abort", _) => Command::Rollback,
+            ("set", _) => Command::Set,
+            ("reset", _) => Command::Reset,
+            ("show", _) => Command::Show,
+            ("select", _) | ("with", _) | ("values", _) | ("table", _) => Command::Select,
+            ("insert", _) => Command::Insert,
+            ("update", _) => Command::Update,
+            ("delete", _) => Command::Delete,
+            ("copy", _) => Command::Copy,
             _ => Command::Other,
         };
-        Ok(vec![Shape {
+        if matches!(
             command,
-            target: Target::Unsharded,
-        }]
-        .into())
+            Command::Begin
+                | Command::Commit
+                | Command::Rollback
+                | Command::Savepoint
+                | Command::Set
+                | Command::Reset
+                | Command::Show
+        ) {
+            return Shape {
+                command,
+                target: Target::NoTable,
+            };
+        }
+        let sharded = norm.words().find_map(|w| self.tables.get(w));
+        let target = match sharded {
+            Some(t) => Target::AllShards {
+                table: t.name.clone(),
+                key_column: t.key.clone(),
+            },
+            None => Target::Unsharded,
+        };
+        Shape { command, target }
     }
 }
 
-/// Placeholder until the router lands.
-pub fn key_from_param(
-    _bytes: Option<&[u8]>,
-    _binary: bool,
-    _key_type: KeyType,
-) -> Result<KeyValue, RouteError> {
-    todo!()
+/// Fills a template's literal keys from this statement's literals.
+fn instantiate(t: &Template, sql: &str, norm: &Normalized) -> Result<Arc<[Shape]>, RouteError> {
+    if let Some(e) = &t.error {
+        return Err(e.clone());
+    }
+    if t.patches.is_empty() {
+        return Ok(t.shapes.clone());
+    }
+    let mut shapes = t.shapes.to_vec();
+    for p in &t.patches {
+        let lit = norm
+            .lits
+            .get(p.literal)
+            .ok_or_else(|| RouteError::BadKey("literal missing".into()))?;
+        let Some(mut text) = literal_value(sql, lit) else {
+            return Err(RouteError::BadKey(format!(
+                "shard key literal {} is not a value",
+                &sql[lit.start..lit.end]
+            )));
+        };
+        if p.negate {
+            text.insert(0, '-');
+        }
+        let key = key_from_text(&text, p.key_type)?;
+        if let Target::Keys { keys, .. } = &mut shapes[p.shape].target {
+            keys[p.key] = KeyRef::Value(key);
+        }
+    }
+    Ok(shapes.into())
 }
 
-/// Placeholder until the router lands.
-pub fn hash_key(_key: &KeyValue, _key_type: KeyType) -> Option<i64> {
-    todo!()
+/// Relation names a statement mentions (FROM, JOIN, subqueries, CTEs, DML targets).
+fn relations(s: &Statement) -> Vec<ObjectName> {
+    let mut out = Vec::new();
+    // COPY's table is not visited as a relation by sqlparser.
+    if let Statement::Copy {
+        source: ast::CopySource::Table { table_name, .. },
+        ..
+    } = s
+    {
+        out.push(table_name.clone());
+    }
+    let _ = ast::visit_relations(s, |r| {
+        out.push(r.clone());
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+fn last_part(name: &ObjectName) -> Option<String> {
+    match name.0.last()? {
+        ObjectNamePart::Identifier(id) => Some(if id.quote_style.is_some() {
+            id.value.clone()
+        } else {
+            id.value.to_ascii_lowercase()
+        }),
+        _ => None,
+    }
+}
+
+/// The analysis of one parsed statement.
+struct StatementAnalysis<'a> {
+    analyzer: &'a Analyzer,
+    patches: Vec<Patch>,
+    shape: usize,
+}
+
+/// A key expression found in a WHERE or VALUES.
+enum Found {
+    Known(KeyRef),
+    Literal { index: usize, negate: bool },
+}
+
+impl StatementAnalysis<'_> {
+    fn statement(&mut self, s: &Statement) -> Result<Shape, RouteError> {
+        self.statement_inner(s)
+    }
+
+    fn statement_inner(&mut self, s: &Statement) -> Result<Shape, RouteError> {
+        let command = classify(s);
+        if matches!(
+            command,
+            Command::Begin
+                | Command::Commit
+                | Command::Rollback
+                | Command::Savepoint
+                | Command::Set
+                | Command::Reset
+                | Command::Show
+        ) {
+            return Ok(Shape {
+                command,
+                target: Target::NoTable,
+            });
+        }
+        let rels = relations(s);
+        if rels.is_empty() {
+            return Ok(Shape {
+                command,
+                target: Target::NoTable,
+            });
+        }
+        let sharded: Vec<&Sharded> = rels
+            .iter()
+            .filter_map(|r| last_part(r).and_then(|n| self.analyzer.tables.get(&n)))
+            .collect();
+        let Some(table) = sharded.first().copied() else {
+            return Ok(Shape {
+                command,
+                target: Target::Unsharded,
+            });
+        };
+        let all_shards = Shape {
+            command,
+            target: Target::AllShards {
+                table: table.name.clone(),
+                key_column: table.key.clone(),
+            },
+        };
+        // One occurrence of one sharded table is what we route by key; joins
+        // of sharded tables (or self-joins) go to every shard.
+        if sharded.len() > 1 {
+            return Ok(all_shards);
+        }
+        let found = match s {
+            Statement::Query(q) => self.query_keys(q, table),
+            Statement::Insert(ins) => self.insert_keys(ins, table),
+            Statement::Update(u) => {
+                for a in &u.assignments {
+                    let cols: Vec<&ObjectName> = match &a.target {
+                        AssignmentTarget::ColumnName(c) => vec![c],
+                        AssignmentTarget::Tuple(cs) => cs.iter().collect(),
+                    };
+                    if cols
+                        .iter()
+                        .any(|c| last_part(c).as_deref() == Some(&*table.key))
+                    {
+                        return Err(RouteError::KeyUpdate {
+                            table: table.name.to_string(),
+                            key: table.key.to_string(),
+                        });
+                    }
+                }
+                if u.from.is_some() {
+                    None
+                } else {
+                    self.where_keys(u.selection.as_ref(), std::slice::from_ref(&u.table), table)
+                }
+            }
+            Statement::Delete(d) => {
+                let from = match &d.from {
+                    FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+                };
+                if d.using.is_some() {
+                    None
+                } else {
+                    self.where_keys(d.selection.as_ref(), from, table)
+                }
+            }
+            _ => None,
+        };
+        match found {
+            Some(keys) if !keys.is_empty() => {
+                let mut refs = Vec::with_capacity(keys.len());
+                for (k, f) in keys.into_iter().enumerate() {
+                    refs.push(match f {
+                        Found::Known(r) => r,
+                        Found::Literal { index, negate } => {
+                            self.patches.push(Patch {
+                                shape: self.shape,
+                                key: k,
+                                literal: index,
+                                negate,
+                                key_type: table.key_type,
+                            });
+                            KeyRef::Value(KeyValue::Null)
+                        }
+                    });
+                }
+                Ok(Shape {
+                    command,
+                    target: Target::Keys {
+                        table: table.name.clone(),
+                        key_type: table.key_type,
+                        keys: refs,
+                    },
+                })
+            }
+            _ => Ok(all_shards),
+        }
+    }
+
+    fn query_keys(&self, q: &Query, table: &Sharded) -> Option<Vec<Found>> {
+        match q.body.as_ref() {
+            SetExpr::Select(sel) => self.where_keys(sel.selection.as_ref(), &sel.from, table),
+            SetExpr::Query(inner) => self.query_keys(inner, table),
+            _ => None,
+        }
+    }
+
+    fn insert_keys(&self, ins: &ast::Insert, table: &Sharded) -> Option<Vec<Found>> {
+        match &ins.table {
+            TableObject::TableName(_) => {}
+            _ => return None,
+        }
+        let pos = ins
+            .columns
+            .iter()
+            .position(|c| last_part(c).as_deref() == Some(&*table.key))?;
+        let src = ins.source.as_ref()?;
+        let SetExpr::Values(values) = src.body.as_ref() else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(values.rows.len());
+        for row in &values.rows {
+            out.push(value_of(row.content.get(pos)?)?);
+        }
+        Some(out)
+    }
+
+    /// Keys pinned by `key = value` / `key IN (values)` terms of the top-level
+    /// AND-conjunction of a WHERE clause.
+    fn where_keys(
+        &self,
+        selection: Option<&Expr>,
+        from: &[TableWithJoins],
+        table: &Sharded,
+    ) -> Option<Vec<Found>> {
+        let mut names: Vec<String> = vec![table.name.to_string()];
+        for twj in from {
+            for f in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+                if let TableFactor::Table {
+                    name,
+                    alias: Some(a),
+                    ..
+                } = f
+                {
+                    if last_part(name).as_deref() == Some(&*table.name) {
+                        names.push(a.name.value.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+        // Unqualified columns are the sharded table's only when it is alone.
+        let alone = from.len() == 1 && from[0].joins.is_empty();
+        fn is_key(e: &Expr, alone: bool, names: &[String], key: &str) -> bool {
+            match e {
+                Expr::Identifier(id) => alone && id.value.eq_ignore_ascii_case(key),
+                Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                    let col = &parts[parts.len() - 1];
+                    let qual = parts[parts.len() - 2].value.to_ascii_lowercase();
+                    col.value.eq_ignore_ascii_case(key) && names.contains(&qual)
+                }
+                Expr::Nested(inner) => is_key(inner, alone, names, key),
+                _ => false,
+            }
+        }
+        let is_key = |e: &Expr| is_key(e, alone, &names, &table.key);
+        let mut terms = Vec::new();
+        conjuncts(selection?, &mut terms);
+        for t in terms {
+            match t {
+                Expr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Eq,
+                    right,
+                } => {
+                    if is_key(left) {
+                        if let Some(v) = value_of(right) {
+                            return Some(vec![v]);
+                        }
+                    }
+                    if is_key(right) {
+                        if let Some(v) = value_of(left) {
+                            return Some(vec![v]);
+                        }
+                    }
+                }
+                Expr::In {
+                    expr,
+                    target: InTarget::List(list),
+                    negated: false,
+                    ..
+                } if is_key(expr) => {
+                    let vals: Option<Vec<Found>> = list.iter().map(value_of).collect();
+                    if let Some(v) = vals {
+                        if !v.is_empty() {
+                            return Some(v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// Splits an expression on top-level ANDs (through parentheses).
+fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match e {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, out);
+            conjuncts(right, out);
+        }
+        Expr::Nested(inner) => conjuncts(inner, out),
+        other => out.push(other),
+    }
+}
+
+/// A value expression: a literal placeholder, a `$n` parameter, NULL, or
+/// one of those under casts, parentheses and a unary minus.
+fn value_of(e: &Expr) -> Option<Found> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Placeholder(p) => {
+                let n: usize = p.strip_prefix('$')?.parse().ok()?;
+                Some(if n >= PLACEHOLDER_BASE {
+                    Found::Literal {
+                        index: n - PLACEHOLDER_BASE,
+                        negate: false,
+                    }
+                } else {
+                    Found::Known(KeyRef::Param(n))
+                })
+            }
+            Value::Null => Some(Found::Known(KeyRef::Value(KeyValue::Null))),
+            _ => None,
+        },
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => value_of(expr),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match value_of(expr)? {
+            Found::Literal { index, negate } => Some(Found::Literal {
+                index,
+                negate: !negate,
+            }),
+            _ => None,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Plus,
+            expr,
+        } => value_of(expr),
+        _ => None,
+    }
+}
+
+fn classify(s: &Statement) -> Command {
+    match s {
+        Statement::StartTransaction { .. } => Command::Begin,
+        Statement::Commit { .. } => Command::Commit,
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => Command::Savepoint,
+        Statement::Rollback { .. } => Command::Rollback,
+        Statement::Savepoint { .. } | Statement::ReleaseSavepoint { .. } => Command::Savepoint,
+        Statement::Set(ast::Set::SetTransaction { .. }) => Command::Set,
+        Statement::Set(_) => Command::Set,
+        Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => Command::Show,
+        Statement::Query(_) => Command::Select,
+        Statement::Insert(_) => Command::Insert,
+        Statement::Update(_) => Command::Update,
+        Statement::Delete(_) => Command::Delete,
+        Statement::Copy { .. } => Command::Copy,
+        _ => Command::Other,
+    }
 }

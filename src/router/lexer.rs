@@ -1,0 +1,385 @@
+//! A small PostgreSQL lexer that normalises a statement: literals become
+//! markers, comments and runs of whitespace become one space. Two texts
+//! that differ only in their literals normalise alike, so the router parses
+//! a statement's shape once and afterwards only re-reads the literals.
+
+/// What kind of literal a marker stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LitKind {
+    Number,
+    /// `'...'`, with `''` doubled quotes.
+    Str,
+    /// `E'...'`, with backslash escapes.
+    EStr,
+    /// `$tag$...$tag$`.
+    Dollar,
+    /// `B'..'`, `X'..'`, `U&'..'`: never a shard key.
+    Other,
+}
+
+/// One literal: its byte range in the original text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lit {
+    pub start: usize,
+    pub end: usize,
+    pub kind: LitKind,
+}
+
+/// A normalised statement.
+#[derive(Debug, Default)]
+pub struct Normalized {
+    /// The cache key: the text with literals replaced by `\u{1}` (numbers)
+    /// or `\u{2}` (strings) and comments/whitespace collapsed.
+    pub key: String,
+    pub lits: Vec<Lit>,
+    /// Lower-cased unquoted identifiers and keywords, for the fallback when
+    /// the parser cannot read a statement.
+    pub words: Vec<(usize, usize)>,
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_char(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+/// Normalises `sql`. Never fails: unterminated quotes run to the end.
+pub fn normalize(sql: &str) -> Normalized {
+    let b = sql.as_bytes();
+    let mut n = Normalized {
+        key: String::with_capacity(sql.len()),
+        ..Default::default()
+    };
+    let mut i = 0;
+    let mut pending_space = false;
+    let push_space = |n: &mut Normalized, pending: &mut bool| {
+        if *pending && !n.key.is_empty() {
+            n.key.push(' ');
+        }
+        *pending = false;
+    };
+    while i < b.len() {
+        let c = b[i];
+        // Whitespace and comments.
+        if c.is_ascii_whitespace() {
+            pending_space = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            pending_space = true;
+            continue;
+        }
+        if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            // PostgreSQL block comments nest.
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            pending_space = true;
+            continue;
+        }
+        push_space(&mut n, &mut pending_space);
+        // String literals, with their prefixes.
+        let prefixed =
+            |p: u8| (c == p || c == p.to_ascii_lowercase()) && b.get(i + 1) == Some(&b'\'');
+        if c == b'\'' || prefixed(b'E') || prefixed(b'B') || prefixed(b'X') || prefixed(b'N') {
+            let kind = match c.to_ascii_uppercase() {
+                b'\'' | b'N' => LitKind::Str,
+                b'E' => LitKind::EStr,
+                _ => LitKind::Other,
+            };
+            let start = i;
+            let backslash = kind == LitKind::EStr;
+            i += if c == b'\'' { 1 } else { 2 };
+            while i < b.len() {
+                if backslash && b[i] == b'\\' {
+                    i += 2;
+                    continue;
+                }
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            let end = i.min(b.len());
+            n.lits.push(Lit { start, end, kind });
+            n.key.push('\u{2}');
+            continue;
+        }
+        if (c == b'U' || c == b'u') && b.get(i + 1) == Some(&b'&') && b.get(i + 2) == Some(&b'\'') {
+            let start = i;
+            i += 3;
+            while i < b.len() {
+                if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            n.lits.push(Lit {
+                start,
+                end: i.min(b.len()),
+                kind: LitKind::Other,
+            });
+            n.key.push('\u{2}');
+            continue;
+        }
+        // Dollar: a parameter `$1`, or a dollar-quoted string `$tag$...$tag$`.
+        if c == b'$' {
+            if b.get(i + 1).is_some_and(|d| d.is_ascii_digit()) {
+                let start = i;
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                n.key.push_str(&sql[start..i]);
+                continue;
+            }
+            let mut j = i + 1;
+            while j < b.len() && b[j] != b'$' && is_ident_char(b[j]) {
+                j += 1;
+            }
+            if j < b.len() && b[j] == b'$' {
+                let tag = &sql[i..=j];
+                let body = j + 1;
+                let close = sql[body..].find(tag).map(|p| body + p);
+                let end = close.map(|p| p + tag.len()).unwrap_or(b.len());
+                n.lits.push(Lit {
+                    start: i,
+                    end,
+                    kind: LitKind::Dollar,
+                });
+                n.key.push('\u{2}');
+                i = end;
+                continue;
+            }
+        }
+        // Quoted identifiers are copied as they are.
+        if c == b'"' {
+            let start = i;
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'"' {
+                    if b.get(i + 1) == Some(&b'"') {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            n.key.push_str(&sql[start..i.min(b.len())]);
+            continue;
+        }
+        // Numbers (not inside identifiers: those are consumed below).
+        if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                // An exponent sign belongs to the number.
+                if (b[i] == b'e' || b[i] == b'E') && matches!(b.get(i + 1), Some(b'+') | Some(b'-'))
+                {
+                    i += 1;
+                }
+                i += 1;
+            }
+            n.lits.push(Lit {
+                start,
+                end: i,
+                kind: LitKind::Number,
+            });
+            n.key.push('\u{1}');
+            continue;
+        }
+        if is_ident_start(c) {
+            let start = i;
+            while i < b.len() && is_ident_char(b[i]) {
+                i += 1;
+            }
+            n.words.push((n.key.len(), n.key.len() + (i - start)));
+            for ch in sql[start..i].chars() {
+                n.key.extend(ch.to_lowercase());
+            }
+            // Lower-casing can change a non-ASCII word's length; keep the
+            // recorded range on the key as written.
+            if let Some(last) = n.words.last_mut() {
+                last.1 = n.key.len();
+            }
+            continue;
+        }
+        // Operators and punctuation: copied (a char at a time, UTF-8 safe).
+        let ch = sql[i..].chars().next().expect("in bounds");
+        n.key.push(ch);
+        i += ch.len_utf8();
+    }
+    n
+}
+
+impl Normalized {
+    /// The words (lower-cased identifiers and keywords) in order.
+    pub fn words(&self) -> impl Iterator<Item = &str> {
+        self.words.iter().map(|(s, e)| &self.key[*s..*e])
+    }
+}
+
+/// The text to parse on a cache miss: the original with literal `k` replaced
+/// by the placeholder `$<PLACEHOLDER_BASE + k>`, so the parsed shape says
+/// which literal is the key without depending on its value.
+pub fn placeholder_text(sql: &str, lits: &[Lit]) -> String {
+    let mut out = String::with_capacity(sql.len() + lits.len() * 6);
+    let mut at = 0;
+    for (k, l) in lits.iter().enumerate() {
+        out.push_str(&sql[at..l.start]);
+        out.push_str(&format!(" ${}", PLACEHOLDER_BASE + k));
+        at = l.end;
+    }
+    out.push_str(&sql[at..]);
+    out
+}
+
+/// Placeholders at or above this number stand for literals, not parameters.
+pub const PLACEHOLDER_BASE: usize = 1_000_000;
+
+/// The value of a literal: a number's text, or a string's unescaped content.
+pub fn literal_value(sql: &str, l: &Lit) -> Option<String> {
+    let raw = &sql[l.start..l.end];
+    match l.kind {
+        LitKind::Number => Some(raw.replace('_', "")),
+        LitKind::Str => {
+            let body = raw.strip_prefix(['N', 'n']).unwrap_or(raw);
+            let inner = body.strip_prefix('\'')?.strip_suffix('\'')?;
+            Some(inner.replace("''", "'"))
+        }
+        LitKind::EStr => {
+            let inner = raw.get(2..raw.len().checked_sub(1)?)?;
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next()? {
+                        'n' => out.push('\n'),
+                        't' => out.push('\t'),
+                        'r' => out.push('\r'),
+                        'b' => out.push('\u{8}'),
+                        'f' => out.push('\u{c}'),
+                        other => out.push(other),
+                    },
+                    '\'' => {
+                        chars.next();
+                        out.push('\'');
+                    }
+                    c => out.push(c),
+                }
+            }
+            Some(out)
+        }
+        LitKind::Dollar => {
+            let tag_end = raw[1..].find('$')? + 2;
+            raw.get(tag_end..raw.len().checked_sub(tag_end)?)
+                .map(str::to_string)
+        }
+        LitKind::Other => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_become_markers() {
+        let a = normalize("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;");
+        let b = normalize("select  abalance from pgbench_accounts -- hi\n where aid = 9;");
+        assert_eq!(a.key, b.key);
+        assert_eq!(a.lits.len(), 1);
+        assert_eq!(
+            literal_value(
+                "… aid = 12345",
+                &Lit {
+                    start: 10,
+                    end: 15,
+                    kind: LitKind::Number
+                }
+            )
+            .unwrap(),
+            "12345"
+        );
+    }
+
+    #[test]
+    fn strings_comments_and_dollars() {
+        let sql = "INSERT INTO t VALUES ('it''s', E'a\\'b', $q$x;y$q$, $1, /* c /* nested */ */ -5, 1.5e-3)";
+        let n = normalize(sql);
+        let vals: Vec<_> = n.lits.iter().map(|l| literal_value(sql, l)).collect();
+        assert_eq!(
+            vals,
+            vec![
+                Some("it's".into()),
+                Some("a'b".into()),
+                Some("x;y".into()),
+                Some("5".into()),
+                Some("1.5e-3".into())
+            ]
+        );
+        assert!(n.key.contains("$1"));
+        assert!(!n.key.contains("nested"));
+    }
+
+    #[test]
+    fn identifiers_with_digits_are_not_numbers() {
+        let n = normalize("SELECT t1.c2 FROM \"T 3\" t1");
+        assert!(n.lits.is_empty());
+        assert_eq!(
+            n.words().collect::<Vec<_>>(),
+            vec!["select", "t1", "c2", "from", "t1"]
+        );
+    }
+
+    #[test]
+    fn placeholders_replace_literals() {
+        let sql = "SELECT * FROM a WHERE id = 7 AND s = 'x'";
+        let n = normalize(sql);
+        assert_eq!(
+            placeholder_text(sql, &n.lits),
+            "SELECT * FROM a WHERE id =  $1000000 AND s =  $1000001"
+        );
+    }
+
+    #[test]
+    fn unterminated_input_does_not_panic() {
+        for s in [
+            "'abc", "E'ab\\", "$x$abc", "/* abc", "\"abc", "$", "U&'", "1e+", "é'",
+        ] {
+            let n = normalize(s);
+            for l in &n.lits {
+                let _ = literal_value(s, l);
+            }
+        }
+    }
+}
