@@ -1,1 +1,12 @@
 //! End-to-end tests against real PostgreSQL servers (see `harness`).
+//! Each test starts its own nodes and proxy on free ports, so tests run in
+//! parallel and clean up after themselves.
+
+mod harness;
+
+mod clients;
+mod failures;
+mod hash_compat;
+mod pooling;
+mod routing;
+mod transactions;

@@ -64,6 +64,8 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
             }
         }
     }
+    let mut analyzer = Analyzer::new(&config.tables);
+    learn_key_positions(&config, &pools, &mut analyzer).await;
     let metrics = Arc::new(Metrics::new(&names));
     let recorder = Arc::new(Recorder::new(
         config.recorder.enabled,
@@ -72,7 +74,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     recorder.ensure(table.partitions().iter().map(|p| p.id));
     metrics.routing_epoch.set(table.epoch() as i64);
     Ok(Arc::new(Shared {
-        analyzer: Analyzer::new(&config.tables),
+        analyzer,
         default_node: config.default_node(),
         server_params: server_params.unwrap_or_else(fallback_params),
         routing: Arc::new(Routing::new(table)),
@@ -82,6 +84,45 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         cancels: CancelRegistry::default(),
         config,
     }))
+}
+
+/// Reads each sharded table's column order from the first node that has
+/// it, so an INSERT without a column list can be routed by its key.
+async fn learn_key_positions(config: &Config, pools: &[Arc<Pool>], analyzer: &mut Analyzer) {
+    for table in &config.tables {
+        for pool in pools {
+            let t = &pool.target;
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host(&t.host)
+                .port(t.port)
+                .user(&t.user)
+                .dbname(&t.dbname)
+                .application_name("shardcast-catalog");
+            if let Some(p) = &t.password {
+                cfg.password(p);
+            }
+            let Ok(Ok((client, conn))) =
+                tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
+                    .await
+            else {
+                continue;
+            };
+            tokio::spawn(conn);
+            let sql =
+                "SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+                       AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+            if let Ok(rows) = client.query(sql, &[&table.name]).await {
+                let cols: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+                if let Some(pos) = cols
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(&table.shard_key))
+                {
+                    analyzer.set_key_position(&table.name, pos);
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Runs the proxy until SIGINT/SIGTERM.

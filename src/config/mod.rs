@@ -224,7 +224,7 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             vec![ConfigIssue {
                 key: String::from("(file)"),
-                line: e.span().map(|s| text[..s.start].lines().count().max(1)),
+                line: e.span().map(|s| text[..s.start].matches('\n').count() + 1),
                 message: e.message().to_string(),
             }]
         })?;

@@ -122,6 +122,52 @@ impl Session {
                 return Ok(());
             }
         }
+        if self.attached.is_none() {
+            let executes = msgs.iter().any(|m| {
+                matches!(
+                    m,
+                    Msg::Raw {
+                        until: Some(Until::Execute),
+                        ..
+                    }
+                )
+            });
+            let describes = msgs.iter().any(|m| {
+                matches!(
+                    m,
+                    Msg::DescribeStmt(_)
+                        | Msg::Raw {
+                            until: Some(Until::Describe),
+                            ..
+                        }
+                )
+            });
+            if !executes && !describes && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. })) {
+                // Parse/Close only: nothing needs a server yet. The Parse is
+                // sent with the first Bind, on whichever node that lands;
+                // answering here keeps prepare from holding a connection.
+                self.answer_locally(&msgs, "");
+                return Ok(());
+            }
+            if !executes {
+                // Describe without Execute (a driver's prepare): run it on
+                // any node, outside a deferred transaction so that it does
+                // not pin the transaction to that node.
+                let tx = std::mem::replace(&mut self.tx, Tx::None);
+                let r = self
+                    .execute(
+                        combine(&decisions)?,
+                        Work::Batch(&msgs, ends_with_sync),
+                        started,
+                        None,
+                    )
+                    .await;
+                self.tx = tx;
+                self.release_if_idle();
+                r?;
+                return Ok(());
+            }
+        }
         let decision = combine(&decisions)?;
         self.execute(decision, Work::Batch(&msgs, ends_with_sync), started, None)
             .await?;

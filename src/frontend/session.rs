@@ -90,8 +90,16 @@ impl Session {
     /// The query loop; returns when the client leaves or breaks the protocol.
     pub async fn run(mut self) -> Result<(), FrontendError> {
         loop {
-            let Some(f) = self.read_frame().await? else {
-                return Ok(());
+            let f = match self.read_frame().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if let FrontendError::Protocol(_) = e {
+                        self.shared.metrics.error(e.sqlstate(), "proxy");
+                        let _ = self.send_now(&e.to_frame()).await;
+                    }
+                    return Err(e);
+                }
             };
             let r = match f.tag {
                 b'Q' => self.simple_query(f).await,

@@ -11,6 +11,7 @@ use crate::protocol::messages::{
     command_complete, empty_query_response, parse_query, ready_for_query,
 };
 use crate::protocol::Frame;
+use crate::router::lexer::split_statements;
 use crate::router::Command;
 
 impl Session {
@@ -53,15 +54,24 @@ impl Session {
         // inside a transaction its fate is unknown, so force a reset later.
         let mut next_settings = None;
         let mut session_after = None;
-        if shapes.len() == 1
-            && matches!(
-                shapes[0].command,
-                Command::Set | Command::Reset | Command::Other
-            )
+        if shapes
+            .iter()
+            .any(|s| matches!(s.command, Command::Set | Command::Reset | Command::Other))
         {
             let mut s = self.settings.clone();
-            if s.apply(sql) {
-                let in_tx = self.tx != Tx::None || self.attached.is_some();
+            let mut changed = false;
+            let pieces = if shapes.len() == 1 {
+                vec![sql]
+            } else {
+                split_statements(sql)
+            };
+            for piece in pieces {
+                changed |= s.apply(piece);
+            }
+            if changed {
+                let in_tx = self.tx != Tx::None
+                    || self.attached.is_some()
+                    || shapes.iter().any(|s| s.command == Command::Begin);
                 session_after = Some(if in_tx { UNKNOWN } else { s.fingerprint() });
                 if !in_tx {
                     next_settings = Some(s);

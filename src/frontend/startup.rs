@@ -35,7 +35,16 @@ pub async fn handle_client(
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let startup = loop {
-        match read_startup(&mut stream, &mut buf).await? {
+        let next = match read_startup(&mut stream, &mut buf).await {
+            Ok(s) => s,
+            Err(FrontendError::Protocol(e)) => {
+                shared.metrics.error(sqlstate::PROTOCOL_VIOLATION, "proxy");
+                fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, &e.to_string()).await?;
+                return Err(FrontendError::Protocol(e));
+            }
+            Err(e) => return Err(e),
+        };
+        match next {
             Startup::Ssl | Startup::GssEnc => stream.write_all(b"N").await?,
             Startup::Cancel { pid, secret } => {
                 shared.cancels.cancel((pid, secret)).await;

@@ -35,6 +35,8 @@ pub struct Normalized {
     /// Lower-cased unquoted identifiers and keywords, for the fallback when
     /// the parser cannot read a statement.
     pub words: Vec<(usize, usize)>,
+    /// Byte offsets of top-level `;` in the original text.
+    pub semicolons: Vec<usize>,
 }
 
 fn is_ident_start(c: u8) -> bool {
@@ -234,6 +236,9 @@ pub fn normalize(sql: &str) -> Normalized {
             continue;
         }
         // Operators and punctuation: copied (a char at a time, UTF-8 safe).
+        if c == b';' {
+            n.semicolons.push(i);
+        }
         let ch = sql[i..].chars().next().expect("in bounds");
         n.key.push(ch);
         i += ch.len_utf8();
@@ -246,6 +251,22 @@ impl Normalized {
     pub fn words(&self) -> impl Iterator<Item = &str> {
         self.words.iter().map(|(s, e)| &self.key[*s..*e])
     }
+}
+
+/// The statements of a query string, split at top-level `;` (not inside
+/// strings or comments); empty statements are dropped.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let n = normalize(sql);
+    let mut out = Vec::with_capacity(n.semicolons.len() + 1);
+    let mut at = 0;
+    for &i in n.semicolons.iter().chain(std::iter::once(&sql.len())) {
+        let piece = sql[at..i].trim();
+        if !piece.is_empty() {
+            out.push(piece);
+        }
+        at = (i + 1).min(sql.len());
+    }
+    out
 }
 
 /// The text to parse on a cache miss: the original with literal `k` replaced
@@ -358,6 +379,14 @@ mod tests {
         assert_eq!(
             n.words().collect::<Vec<_>>(),
             vec!["select", "t1", "c2", "from", "t1"]
+        );
+    }
+
+    #[test]
+    fn statements_split_outside_quotes() {
+        assert_eq!(
+            split_statements("SET a = 1; SET b = ';' ; -- c;\n;SELECT $$;$$"),
+            vec!["SET a = 1", "SET b = ';'", "-- c;", "SELECT $$;$$"]
         );
     }
 

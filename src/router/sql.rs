@@ -123,6 +123,9 @@ struct Sharded {
     name: Arc<str>,
     key: Arc<str>,
     key_type: KeyType,
+    /// 0-based position of the key among the table's columns, for an
+    /// INSERT without a column list (learned from the catalog).
+    key_position: Option<usize>,
 }
 
 /// A key in a cached shape: known, a parameter, or "literal number k".
@@ -162,6 +165,7 @@ impl Analyzer {
                         name: name.into(),
                         key: t.shard_key.to_ascii_lowercase().into(),
                         key_type: t.key_type,
+                        key_position: None,
                     },
                 )
             })
@@ -169,6 +173,14 @@ impl Analyzer {
         Self {
             tables,
             cache: ShapeCache::new(16_384),
+        }
+    }
+
+    /// Tells the router where a table's key sits among its columns, so that
+    /// `INSERT INTO t VALUES (...)` without a column list can be routed.
+    pub fn set_key_position(&mut self, table: &str, position: usize) {
+        if let Some(t) = self.tables.get_mut(&table.to_ascii_lowercase()) {
+            t.key_position = Some(position);
         }
     }
 
@@ -480,10 +492,13 @@ impl StatementAnalysis<'_> {
             TableObject::TableName(_) => {}
             _ => return None,
         }
-        let pos = ins
-            .columns
-            .iter()
-            .position(|c| last_part(c).as_deref() == Some(&*table.key))?;
+        let pos = if ins.columns.is_empty() {
+            table.key_position?
+        } else {
+            ins.columns
+                .iter()
+                .position(|c| last_part(c).as_deref() == Some(&*table.key))?
+        };
         let src = ins.source.as_ref()?;
         let SetExpr::Values(values) = src.body.as_ref() else {
             return None;

@@ -200,6 +200,23 @@ fn writes_by_key() {
 }
 
 #[test]
+fn insert_without_columns_uses_the_catalog_position() {
+    let mut a = analyzer();
+    assert!(matches!(
+        a.analyze("INSERT INTO accounts VALUES (1, 'x')").unwrap()[0].target,
+        Target::AllShards { .. }
+    ));
+    a.set_key_position("accounts", 1);
+    let s = a
+        .analyze("INSERT INTO accounts VALUES ('x', 5), ('y', 6)")
+        .unwrap();
+    assert!(
+        matches!(&s[0].target, Target::Keys { keys, .. } if *keys == vec![int(5), int(6)]),
+        "{s:?}"
+    );
+}
+
+#[test]
 fn changing_the_key_is_refused() {
     let e = analyzer()
         .analyze("UPDATE accounts SET id = 5 WHERE id = 4")
