@@ -162,7 +162,7 @@ fn bad_config_lines_are_named() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("lisen") && err.contains("line 5"), "{err}");
+    assert!(err.contains(":5: proxy.lisen: unknown key"), "{err}");
     let good = dir.path().join("good.toml");
     std::fs::write(
         &good,

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod validate;
+
 /// The whole configuration, as loaded and validated.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,7 +189,7 @@ pub struct ConfigIssue {
 impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.line {
-            Some(l) => write!(f, "line {l}: {}: {}", self.key, self.message),
+            Some(l) => write!(f, "{l}: {}: {}", self.key, self.message),
             None => write!(f, "{}: {}", self.key, self.message),
         }
     }
@@ -200,7 +202,7 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {}", issues.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("; "))]
+    #[error("{}", issues.iter().map(|i| format!("{path}:{i}")).collect::<Vec<_>>().join("\n"))]
     Invalid {
         path: String,
         issues: Vec<ConfigIssue>,
@@ -221,14 +223,17 @@ impl Config {
 
     /// Parses and validates; returns every issue found.
     pub fn parse(text: &str) -> Result<Self, Vec<ConfigIssue>> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let issues = validate::validate(text);
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        toml::from_str(text).map_err(|e| {
             vec![ConfigIssue {
                 key: String::from("(file)"),
                 line: e.span().map(|s| text[..s.start].matches('\n').count() + 1),
                 message: e.message().to_string(),
             }]
-        })?;
-        Ok(cfg)
+        })
     }
 
     /// Index of the node unsharded statements go to.

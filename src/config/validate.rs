@@ -1,0 +1,420 @@
+//! Validation that reports every problem in a config file at once, each
+//! with its dotted key (`nodes[1].name`) and line, before the typed
+//! config is built. It walks toml's spanned document, so even a key the
+//! schema does not know is reported where it stands.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::ConfigIssue;
+
+/// The type a key must have.
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Int,
+    Bool,
+    Float,
+    Table(&'static [Field]),
+    Tables(&'static [Field]),
+}
+
+struct Field {
+    name: &'static str,
+    ty: Ty,
+    required: bool,
+}
+
+const fn f(name: &'static str, ty: Ty, required: bool) -> Field {
+    Field { name, ty, required }
+}
+
+const PROXY: &[Field] = &[
+    f("listen", Ty::Str, true),
+    f("admin_listen", Ty::Str, true),
+    f("database", Ty::Str, true),
+    f("workers", Ty::Int, false),
+];
+const NODE: &[Field] = &[f("name", Ty::Str, true), f("url", Ty::Str, true)];
+const TABLE: &[Field] = &[
+    f("name", Ty::Str, true),
+    f("shard_key", Ty::Str, true),
+    f("key_type", Ty::Str, true),
+];
+const SHARDING: &[Field] = &[
+    f("partitions", Ty::Int, false),
+    f("default_node", Ty::Str, false),
+];
+const POOL: &[Field] = &[
+    f("size", Ty::Int, false),
+    f("checkout_timeout_ms", Ty::Int, false),
+];
+const USER: &[Field] = &[f("name", Ty::Str, true), f("password", Ty::Str, true)];
+const AUTH: &[Field] = &[
+    f("method", Ty::Str, false),
+    f("users", Ty::Tables(USER), false),
+];
+const RECORDER: &[Field] = &[
+    f("enabled", Ty::Bool, false),
+    f("history_minutes", Ty::Int, false),
+];
+const ROOT: &[Field] = &[
+    f("proxy", Ty::Table(PROXY), true),
+    f("nodes", Ty::Tables(NODE), true),
+    f("tables", Ty::Tables(TABLE), false),
+    f("sharding", Ty::Table(SHARDING), false),
+    f("pool", Ty::Table(POOL), false),
+    f("auth", Ty::Table(AUTH), false),
+    f("recorder", Ty::Table(RECORDER), false),
+];
+
+/// What the walk found: issues, and the span of every scalar by key path.
+struct Walk<'t> {
+    text: &'t str,
+    issues: Vec<ConfigIssue>,
+    spans: HashMap<String, Range<usize>>,
+    values: HashMap<String, String>,
+}
+
+impl Walk<'_> {
+    fn line(&self, at: usize) -> usize {
+        self.text[..at.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn issue(&mut self, key: &str, at: usize, message: String) {
+        let line = Some(self.line(at));
+        self.issues.push(ConfigIssue {
+            key: key.to_string(),
+            line,
+            message,
+        });
+    }
+
+    fn table(&mut self, path: &str, t: &DeTable<'_>, span: Range<usize>, schema: &'static [Field]) {
+        for (k, v) in t.iter() {
+            let name: &str = k.get_ref();
+            let key = if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            };
+            match schema.iter().find(|f| f.name == name) {
+                None => {
+                    let known: Vec<&str> = schema.iter().map(|f| f.name).collect();
+                    self.issue(
+                        &key,
+                        k.span().start,
+                        format!("unknown key; expected one of: {}", known.join(", ")),
+                    );
+                }
+                Some(field) => self.value(&key, v, field.ty),
+            }
+        }
+        for field in schema.iter().filter(|f| f.required) {
+            if !t.iter().any(|(k, _)| k.get_ref() == field.name) {
+                let key = if path.is_empty() {
+                    field.name.to_string()
+                } else {
+                    format!("{path}.{}", field.name)
+                };
+                let what = match field.ty {
+                    Ty::Table(_) => format!("add a [{key}] section"),
+                    Ty::Tables(_) => format!("add at least one [[{key}]] section"),
+                    _ => format!("add `{} = ...`", field.name),
+                };
+                self.issue(&key, span.start, format!("missing; {what}"));
+            }
+        }
+    }
+
+    fn value(&mut self, key: &str, v: &Spanned<DeValue<'_>>, ty: Ty) {
+        let at = v.span().start;
+        match (ty, v.get_ref()) {
+            (Ty::Str, DeValue::String(s)) => {
+                self.values.insert(key.to_string(), s.to_string());
+                self.spans.insert(key.to_string(), v.span());
+            }
+            (Ty::Int, DeValue::Integer(i)) => {
+                self.values
+                    .insert(key.to_string(), i.as_str().replace('_', ""));
+                self.spans.insert(key.to_string(), v.span());
+            }
+            (Ty::Bool, DeValue::Boolean(_)) => {}
+            (Ty::Float, DeValue::Float(_) | DeValue::Integer(_)) => {}
+            (Ty::Table(schema), DeValue::Table(t)) => self.table(key, t, v.span(), schema),
+            (Ty::Tables(schema), DeValue::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let k = format!("{key}[{i}]");
+                    match item.get_ref() {
+                        DeValue::Table(t) => self.table(&k, t, item.span(), schema),
+                        other => self.issue(
+                            &k,
+                            item.span().start,
+                            format!("must be a table, not {}", other.type_str()),
+                        ),
+                    }
+                }
+                self.values
+                    .insert(format!("{key}.len"), items.len().to_string());
+                self.spans.insert(format!("{key}.len"), v.span());
+            }
+            (expected, got) => {
+                let want = match expected {
+                    Ty::Str => "a string",
+                    Ty::Int => "an integer",
+                    Ty::Bool => "true or false",
+                    Ty::Float => "a number",
+                    Ty::Table(_) => "a table ([section])",
+                    Ty::Tables(_) => "an array of tables ([[section]])",
+                };
+                self.issue(key, at, format!("must be {want}, not {}", got.type_str()));
+            }
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn at(&self, key: &str) -> usize {
+        self.spans.get(key).map(|s| s.start).unwrap_or(0)
+    }
+
+    fn count(&self, key: &str) -> usize {
+        self.get(&format!("{key}.len"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Checks that need more than one key: names, URLs, addresses, ranges.
+    fn semantics(&mut self) {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for i in 0..self.count("nodes") {
+            let key = format!("nodes[{i}].name");
+            if let Some(n) = self.get(&key).map(str::to_string) {
+                if let Some(first) = names.insert(n.clone(), i) {
+                    self.issue(&key, self.at(&key), format!("duplicate node name \"{n}\" (also nodes[{first}]); names must be unique"));
+                }
+            }
+            let key = format!("nodes[{i}].url");
+            if let Some(url) = self.get(&key).map(str::to_string) {
+                let ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+                match url.parse::<tokio_postgres::Config>() {
+                    Ok(c) if ok && !c.get_hosts().is_empty() => {}
+                    Ok(_) | Err(_) => self.issue(
+                        &key,
+                        self.at(&key),
+                        format!("\"{url}\" is not a URL like postgres://user[:password]@host[:port]/database"),
+                    ),
+                }
+            }
+        }
+        if self.count("nodes") == 0 && self.spans.contains_key("nodes.len") {
+            self.issue(
+                "nodes",
+                self.at("nodes.len"),
+                "at least one node is required".into(),
+            );
+        }
+        let mut tables: HashMap<String, usize> = HashMap::new();
+        for i in 0..self.count("tables") {
+            let key = format!("tables[{i}].name");
+            if let Some(n) = self.get(&key).map(|s| s.to_ascii_lowercase()) {
+                if let Some(first) = tables.insert(n.clone(), i) {
+                    self.issue(
+                        &key,
+                        self.at(&key),
+                        format!("table \"{n}\" is listed twice (also tables[{first}])"),
+                    );
+                }
+            }
+            let key = format!("tables[{i}].key_type");
+            if let Some(t) = self.get(&key).map(str::to_string) {
+                if !["bigint", "integer", "text", "uuid"].contains(&t.as_str()) {
+                    self.issue(
+                        &key,
+                        self.at(&key),
+                        format!("\"{t}\" is not a key type; use bigint, integer, text or uuid"),
+                    );
+                }
+            }
+            let key = format!("tables[{i}].shard_key");
+            if self.get(&key).is_some_and(|k| k.trim().is_empty()) {
+                self.issue(
+                    &key,
+                    self.at(&key),
+                    "the shard key column must not be empty".into(),
+                );
+            }
+        }
+        for key in ["proxy.listen", "proxy.admin_listen"] {
+            if let Some(addr) = self.get(key).map(str::to_string) {
+                let ok = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    self.issue(
+                        key,
+                        self.at(key),
+                        format!("\"{addr}\" is not host:port (e.g. 127.0.0.1:6432)"),
+                    );
+                }
+            }
+        }
+        let positive = |w: &Self, key: &str, max: u64| -> Option<String> {
+            let v = w.get(key)?;
+            match v.parse::<u64>() {
+                Ok(n) if n >= 1 && n <= max => None,
+                _ => Some(format!("must be between 1 and {max}, not {v}")),
+            }
+        };
+        for (key, max) in [
+            ("sharding.partitions", 1_000_000),
+            ("pool.size", 10_000),
+            ("proxy.workers", 1024),
+            ("pool.checkout_timeout_ms", 3_600_000),
+            ("recorder.history_minutes", 60 * 24 * 366),
+        ] {
+            if let Some(m) = positive(self, key, max) {
+                self.issue(key, self.at(key), m);
+            }
+        }
+        if let Some(d) = self.get("sharding.default_node").map(str::to_string) {
+            if !names.contains_key(&d) {
+                let mut known: Vec<&String> = names.keys().collect();
+                known.sort();
+                self.issue(
+                    "sharding.default_node",
+                    self.at("sharding.default_node"),
+                    format!("no node is named \"{d}\" (nodes: {known:?})"),
+                );
+            }
+        }
+        if let Some(m) = self.get("auth.method").map(str::to_string) {
+            if m != "trust" && m != "md5" {
+                self.issue(
+                    "auth.method",
+                    self.at("auth.method"),
+                    format!("\"{m}\" is not supported; use trust or md5"),
+                );
+            } else if m == "md5" && self.count("auth.users") == 0 {
+                self.issue(
+                    "auth.method",
+                    self.at("auth.method"),
+                    "md5 needs at least one [[auth.users]] entry".into(),
+                );
+            }
+        }
+    }
+}
+
+/// Every problem found in `text`; empty when it is a valid config.
+pub fn validate(text: &str) -> Vec<ConfigIssue> {
+    let (root, errors) = DeTable::parse_recoverable(text);
+    let mut w = Walk {
+        text,
+        issues: Vec::new(),
+        spans: HashMap::new(),
+        values: HashMap::new(),
+    };
+    for e in errors {
+        let at = e.span().map(|s| s.start).unwrap_or(0);
+        w.issue("(syntax)", at, e.message().trim().to_string());
+    }
+    let span = root.span();
+    w.table("", root.get_ref(), span, ROOT);
+    w.semantics();
+    w.issues.sort_by_key(|i| i.line);
+    w.issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+admin_listen = "127.0.0.1:9187"
+database = "app"
+
+[[nodes]]
+name = "a"
+url = "postgres://postgres@127.0.0.1:5432/shard_a"
+
+[[nodes]]
+name = "b"
+url = "postgres://postgres@127.0.0.1:5432/shard_b"
+
+[[tables]]
+name = "accounts"
+shard_key = "id"
+key_type = "bigint"
+
+[sharding]
+partitions = 16
+"#;
+
+    fn issues(text: &str) -> Vec<(String, usize)> {
+        validate(text)
+            .into_iter()
+            .map(|i| (i.key, i.line.unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn the_sample_and_this_config_are_valid() {
+        assert_eq!(issues(GOOD), vec![]);
+        let sample = include_str!("../../config/shardcast.toml");
+        assert_eq!(issues(sample), vec![]);
+        assert!(crate::config::Config::parse(sample).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_line() {
+        let bad = GOOD
+            .replace("database = \"app\"", "database = \"app\"\nlisen = 1")
+            .replace("name = \"b\"", "name = \"a\"")
+            .replace("key_type = \"bigint\"", "key_type = \"int8\"")
+            .replace("partitions = 16", "partitions = 0\ndefault_node = \"zz\"");
+        let got = issues(&bad);
+        assert_eq!(
+            got,
+            vec![
+                ("proxy.lisen".to_string(), 6),
+                ("nodes[1].name".to_string(), 13),
+                ("tables[0].key_type".to_string(), 19),
+                ("sharding.partitions".to_string(), 22),
+                ("sharding.default_node".to_string(), 23),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_and_mistyped_keys() {
+        let t = "[proxy]\nlisten = 5\n[[nodes]]\nname = \"a\"\n[[tables]]\nname = \"t\"\nkey_type = \"text\"\n";
+        let got = issues(t);
+        assert!(got.contains(&("proxy.listen".into(), 2)), "{got:?}");
+        assert!(got.contains(&("proxy.admin_listen".into(), 1)), "{got:?}");
+        assert!(got.contains(&("nodes[0].url".into(), 3)), "{got:?}");
+        assert!(got.contains(&("tables[0].shard_key".into(), 5)), "{got:?}");
+    }
+
+    #[test]
+    fn urls_addresses_auth_and_syntax() {
+        let bad = GOOD
+            .replace("postgres://postgres@127.0.0.1:5432/shard_a", "mysql://x")
+            .replace("127.0.0.1:9187", "9187")
+            .replace("[sharding]", "[auth]\nmethod = \"md5\"\n[sharding]");
+        let got: Vec<String> = issues(&bad).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            got,
+            vec!["proxy.admin_listen", "nodes[0].url", "auth.method"]
+        );
+        let syntax = issues("[proxy\nlisten = ");
+        assert_eq!(syntax[0], ("(syntax)".to_string(), 1));
+    }
+}
