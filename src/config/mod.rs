@@ -23,6 +23,61 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub recorder: RecorderConfig,
+    #[serde(default)]
+    pub forecast: ForecastConfig,
+}
+
+/// The forecaster: how load is bucketed, how far ahead it looks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastConfig {
+    /// Width of one step of a partition's rate series (default `1m`).
+    #[serde(default = "defaults::bucket", deserialize_with = "duration")]
+    pub bucket: u64,
+    /// How far ahead to predict (default `15m`): longer than a migration takes.
+    #[serde(default = "defaults::horizon", deserialize_with = "duration")]
+    pub horizon: u64,
+    /// How often forecasts are refreshed (default: every bucket).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub interval: Option<u64>,
+    /// The upper bound's quantile (default 0.9).
+    #[serde(default = "defaults::quantile")]
+    pub quantile: f64,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self {
+            bucket: defaults::bucket(),
+            horizon: defaults::horizon(),
+            interval: None,
+            quantile: defaults::quantile(),
+        }
+    }
+}
+
+/// Seconds in `10s`, `15m`, `2h`, `1d` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    (n > 0).then_some(n * mult)
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).ok_or_else(|| serde::de::Error::custom(format!("\"{s}\" is not a duration")))
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// The per-request recorder (Access Pattern Analyzer).
@@ -167,6 +222,15 @@ mod defaults {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
+    }
+    pub fn bucket() -> u64 {
+        60
+    }
+    pub fn horizon() -> u64 {
+        15 * 60
+    }
+    pub fn quantile() -> f64 {
+        0.9
     }
     pub fn yes() -> bool {
         true

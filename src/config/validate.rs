@@ -61,6 +61,12 @@ const RECORDER: &[Field] = &[
     f("enabled", Ty::Bool, false),
     f("history_minutes", Ty::Int, false),
 ];
+const FORECAST: &[Field] = &[
+    f("bucket", Ty::Str, false),
+    f("horizon", Ty::Str, false),
+    f("interval", Ty::Str, false),
+    f("quantile", Ty::Float, false),
+];
 const ROOT: &[Field] = &[
     f("proxy", Ty::Table(PROXY), true),
     f("nodes", Ty::Tables(NODE), true),
@@ -69,6 +75,7 @@ const ROOT: &[Field] = &[
     f("pool", Ty::Table(POOL), false),
     f("auth", Ty::Table(AUTH), false),
     f("recorder", Ty::Table(RECORDER), false),
+    f("forecast", Ty::Table(FORECAST), false),
 ];
 
 /// What the walk found: issues, and the span of every scalar by key path.
@@ -143,7 +150,14 @@ impl Walk<'_> {
                 self.spans.insert(key.to_string(), v.span());
             }
             (Ty::Bool, DeValue::Boolean(_)) => {}
-            (Ty::Float, DeValue::Float(_) | DeValue::Integer(_)) => {}
+            (Ty::Float, DeValue::Float(x)) => {
+                self.values.insert(key.to_string(), x.as_str().to_string());
+                self.spans.insert(key.to_string(), v.span());
+            }
+            (Ty::Float, DeValue::Integer(i)) => {
+                self.values.insert(key.to_string(), i.as_str().to_string());
+                self.spans.insert(key.to_string(), v.span());
+            }
             (Ty::Table(schema), DeValue::Table(t)) => self.table(key, t, v.span(), schema),
             (Ty::Tables(schema), DeValue::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
@@ -280,6 +294,26 @@ impl Walk<'_> {
         ] {
             if let Some(m) = positive(self, key, max) {
                 self.issue(key, self.at(key), m);
+            }
+        }
+        for key in ["forecast.bucket", "forecast.horizon", "forecast.interval"] {
+            if let Some(d) = self.get(key).map(str::to_string) {
+                if super::parse_duration(&d).is_none() {
+                    self.issue(
+                        key,
+                        self.at(key),
+                        format!("\"{d}\" is not a duration like 10s, 15m, 2h or 1d"),
+                    );
+                }
+            }
+        }
+        if let Some(q) = self.get("forecast.quantile").map(str::to_string) {
+            if !q.parse::<f64>().is_ok_and(|q| q > 0.5 && q < 1.0) {
+                self.issue(
+                    "forecast.quantile",
+                    self.at("forecast.quantile"),
+                    format!("must be between 0.5 and 1 (e.g. 0.9), not {q}"),
+                );
             }
         }
         if let Some(d) = self.get("sharding.default_node").map(str::to_string) {
