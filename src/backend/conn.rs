@@ -89,7 +89,7 @@ pub struct ServerConn {
     /// Backend process id and secret, for cancel requests.
     pub pid: i32,
     pub secret: i32,
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     /// ParameterStatus values the server reported at startup.
     pub params: Vec<(String, String)>,
     /// Proxy-named prepared statements that exist on this connection.
@@ -131,7 +131,7 @@ impl ServerConn {
             node_name: t.name.clone(),
             pid: 0,
             secret: 0,
-            addr,
+            addr: addr.into(),
             params: Vec::new(),
             prepared: HashSet::new(),
             session: 0,

@@ -12,7 +12,7 @@ use crate::protocol::startup::encode_cancel;
 
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -52,7 +52,7 @@ impl CancelRegistry {
         };
         let mut sent = 0;
         for t in targets {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(&t.addr).await {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&*t.addr).await {
                 if s.write_all(&encode_cancel(t.pid, t.secret)).await.is_ok() {
                     sent += 1;
                 }

@@ -49,11 +49,19 @@ fn is_ident_char(c: u8) -> bool {
 
 /// Normalises `sql`. Never fails: unterminated quotes run to the end.
 pub fn normalize(sql: &str) -> Normalized {
+    let mut n = Normalized::default();
+    normalize_into(sql, &mut n);
+    n
+}
+
+/// Normalises into `n`, reusing its buffers (no allocation once warm).
+pub fn normalize_into(sql: &str, n: &mut Normalized) {
+    n.key.clear();
+    n.lits.clear();
+    n.words.clear();
+    n.semicolons.clear();
+    n.key.reserve(sql.len());
     let b = sql.as_bytes();
-    let mut n = Normalized {
-        key: String::with_capacity(sql.len()),
-        ..Default::default()
-    };
     let mut i = 0;
     let mut pending_space = false;
     let push_space = |n: &mut Normalized, pending: &mut bool| {
@@ -97,7 +105,7 @@ pub fn normalize(sql: &str) -> Normalized {
             pending_space = true;
             continue;
         }
-        push_space(&mut n, &mut pending_space);
+        push_space(n, &mut pending_space);
         // String literals, with their prefixes.
         let prefixed =
             |p: u8| (c == p || c == p.to_ascii_lowercase()) && b.get(i + 1) == Some(&b'\'');
@@ -224,15 +232,17 @@ pub fn normalize(sql: &str) -> Normalized {
             while i < b.len() && is_ident_char(b[i]) {
                 i += 1;
             }
-            n.words.push((n.key.len(), n.key.len() + (i - start)));
-            for ch in sql[start..i].chars() {
-                n.key.extend(ch.to_lowercase());
+            let at = n.key.len();
+            let word = &sql[start..i];
+            if word.is_ascii() {
+                n.key.push_str(word);
+                n.key[at..].make_ascii_lowercase();
+            } else {
+                for ch in word.chars() {
+                    n.key.extend(ch.to_lowercase());
+                }
             }
-            // Lower-casing can change a non-ASCII word's length; keep the
-            // recorded range on the key as written.
-            if let Some(last) = n.words.last_mut() {
-                last.1 = n.key.len();
-            }
+            n.words.push((at, n.key.len()));
             continue;
         }
         // Operators and punctuation: copied (a char at a time, UTF-8 safe).
@@ -243,7 +253,6 @@ pub fn normalize(sql: &str) -> Normalized {
         n.key.push(ch);
         i += ch.len_utf8();
     }
-    n
 }
 
 impl Normalized {

@@ -20,7 +20,9 @@ use sqlparser::parser::Parser;
 
 use super::cache::ShapeCache;
 use super::keys::key_from_text;
-use super::lexer::{literal_value, normalize, placeholder_text, Normalized, PLACEHOLDER_BASE};
+use super::lexer::{
+    literal_value, normalize, normalize_into, placeholder_text, Normalized, PLACEHOLDER_BASE,
+};
 use crate::config::{KeyType, TableConfig};
 
 pub use super::keys::{hash_key, key_from_param};
@@ -186,16 +188,28 @@ impl Analyzer {
 
     /// The shape of every statement in `sql` (a simple query may hold several).
     pub fn analyze(&self, sql: &str) -> Result<Arc<[Shape]>, RouteError> {
-        let norm = normalize(sql);
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Normalized> = std::cell::RefCell::new(Normalized::default());
+        }
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut norm) => {
+                normalize_into(sql, &mut norm);
+                self.analyze_normalized(sql, &norm)
+            }
+            Err(_) => self.analyze_normalized(sql, &normalize(sql)),
+        })
+    }
+
+    fn analyze_normalized(&self, sql: &str, norm: &Normalized) -> Result<Arc<[Shape]>, RouteError> {
         let template = match self.cache.get(&norm.key) {
             Some(t) => t,
             None => {
-                let t = Arc::new(self.analyze_uncached(sql, &norm));
+                let t = Arc::new(self.analyze_uncached(sql, norm));
                 self.cache.insert(norm.key.clone(), t.clone());
                 t
             }
         };
-        instantiate(&template, sql, &norm)
+        instantiate(&template, sql, norm)
     }
 
     fn analyze_uncached(&self, sql: &str, norm: &Normalized) -> Template {
