@@ -28,6 +28,20 @@ enum Cmd {
         #[arg(long, default_value = "config/shardcast.toml")]
         config: PathBuf,
     },
+    /// Backtest the forecaster on traces (CSV files `timestamp,value`).
+    ForecastEval {
+        #[arg(long, default_value = "../shared/traces")]
+        traces: PathBuf,
+        /// How far ahead, e.g. 30m or 2h.
+        #[arg(long, default_value = "30m")]
+        horizon: String,
+        /// Quantile of the upper bound.
+        #[arg(long, default_value_t = 0.9)]
+        quantile: f64,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, default_value = "config/shardcast.toml")]
@@ -49,6 +63,23 @@ fn main() -> anyhow::Result<()> {
             let cfg = shardcast::config::Config::load(&config)?;
             let rt = runtime(cfg.proxy.workers)?;
             rt.block_on(shardcast::demo::run(cfg))
+        }
+        Cmd::ForecastEval {
+            traces,
+            horizon,
+            quantile,
+            json,
+        } => {
+            let secs = shardcast::config::parse_duration(&horizon).ok_or_else(|| {
+                anyhow::anyhow!("--horizon {horizon:?} is not a duration like 30m or 2h")
+            })?;
+            let report = shardcast::analyzer::eval::run(&traces, secs, quantile)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", shardcast::analyzer::eval::render(&report));
+            }
+            Ok(())
         }
         Cmd::CheckConfig { config } => match shardcast::config::Config::load(&config) {
             Ok(_) => {
