@@ -229,7 +229,7 @@ pub fn evaluate(s: &Series, group: &str, horizon: usize, quantile: f64) -> Optio
         MODELS.iter().map(|m| (m.to_string(), 0)).collect();
     for i in 0..n {
         let f = model.observe(&mut st, s.start + i as u64, y[i]);
-        if i < half || i + horizon >= n || (i - half) % 3 != 0 {
+        if i < half || i + horizon >= n || !(i - half).is_multiple_of(3) {
             continue;
         }
         let actual = y[i + horizon];
@@ -261,7 +261,7 @@ pub fn evaluate(s: &Series, group: &str, horizon: usize, quantile: f64) -> Optio
         smape: s / o,
     };
     chosen_count.retain(|c| c.1 > 0);
-    chosen_count.sort_by(|a, b| b.1.cmp(&a.1));
+    chosen_count.sort_by_key(|c| std::cmp::Reverse(c.1));
     Some(SeriesResult {
         series: s.name.clone(),
         group: group.to_string(),
