@@ -6,6 +6,7 @@ mod harness;
 
 mod clients;
 mod failures;
+mod forecast;
 mod hash_compat;
 mod pooling;
 mod routing;

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
-use crate::analyzer::Recorder;
+use crate::analyzer::{Forecaster, Recorder};
 use crate::backend::{NodeTarget, Pool};
 use crate::config::Config;
 use crate::frontend::{handle_client, CancelRegistry, Shared};
@@ -81,6 +81,11 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         pools,
         metrics,
         recorder,
+        forecaster: Arc::new(Forecaster::new(
+            config.forecast.bucket,
+            config.forecast.horizon,
+            config.forecast.quantile,
+        )),
         cancels: CancelRegistry::default(),
         config,
     }))
@@ -144,6 +149,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .instrument(tracing::info_span!("admin")),
     );
     let rollup_task = tokio::spawn(rollup(shared.clone(), stop_rx.clone()));
+    let forecast_task = tokio::spawn(forecast(shared.clone(), stop_rx.clone()));
     let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
 
     shutdown_signal().await;
@@ -152,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = accept_task.await;
     let _ = admin_task.await;
     let _ = rollup_task.await;
+    let _ = forecast_task.await;
     Ok(())
 }
 
@@ -196,6 +203,32 @@ async fn rollup(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
     }
     info!("recorder roll-up stopped");
+}
+
+/// Once per forecast bucket (aligned to the clock): close the bucket and
+/// update every partition's forecast.
+async fn forecast(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if !shared.recorder.enabled() {
+        info!("forecaster off: the recorder is disabled");
+        return;
+    }
+    let secs = shared.forecaster.bucket_secs();
+    info!(bucket_secs = secs, "forecaster started");
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let next = (now.as_secs() / secs + 1) * secs;
+        let wait = Duration::from_secs(next).saturating_sub(now);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let table = shared.routing.load();
+                shared.forecaster.tick(next / secs - 1, &shared.recorder, &table);
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    info!("forecaster stopped");
 }
 
 async fn shutdown_signal() {

@@ -39,7 +39,6 @@ impl ProxyBuilder {
         self
     }
     /// Raw TOML appended to the config (extra sections).
-    #[allow(dead_code)]
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
         self.extra.push('\n');

@@ -69,6 +69,11 @@ fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full
             "application/json",
             routing_json(shared).to_string(),
         ),
+        "/api/forecast" => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&*shared.forecaster.snapshot()).unwrap_or_default(),
+        ),
         "/api/nodes" => reply(
             StatusCode::OK,
             "application/json",
@@ -82,7 +87,7 @@ fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            format!("no such path {other}; try /metrics, /api/routing, /api/nodes or /\n"),
+            format!("no such path {other}; try /metrics, /api/routing, /api/forecast, /api/nodes or /\n"),
         ),
     }
 }

@@ -139,5 +139,41 @@ pub fn metrics_text(shared: &Shared) -> String {
     );
     let _ = writeln!(out, "# TYPE shardcast_router_bytes_total counter");
     out.push_str(&bytes);
+
+    let f = shared.forecaster.snapshot();
+    let _ = writeln!(out, "# HELP shardcast_analyzer_predicted_rate Requests/s predicted at the forecast horizon, by partition");
+    let _ = writeln!(out, "# TYPE shardcast_analyzer_predicted_rate gauge");
+    let mut upper = String::new();
+    let mut current = String::new();
+    for p in &f.partitions {
+        let l = format!("node=\"{}\",partition=\"{}\"", p.node, p.id);
+        let _ = writeln!(
+            out,
+            "shardcast_analyzer_predicted_rate{{{l}}} {:.3}",
+            p.predicted_rate
+        );
+        let _ = writeln!(
+            upper,
+            "shardcast_analyzer_predicted_rate_upper{{{l}}} {:.3}",
+            p.upper_rate
+        );
+        let _ = writeln!(
+            current,
+            "shardcast_analyzer_current_rate{{{l}}} {:.3}",
+            p.current_rate
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_analyzer_predicted_rate_upper Upper bound of the predicted requests/s"
+    );
+    let _ = writeln!(out, "# TYPE shardcast_analyzer_predicted_rate_upper gauge");
+    out.push_str(&upper);
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_analyzer_current_rate Requests/s in the last forecast bucket"
+    );
+    let _ = writeln!(out, "# TYPE shardcast_analyzer_current_rate gauge");
+    out.push_str(&current);
     out
 }

@@ -37,5 +37,6 @@ pub struct Shared {
     pub server_params: Vec<(String, String)>,
     pub metrics: Arc<Metrics>,
     pub recorder: Arc<crate::analyzer::Recorder>,
+    pub forecaster: Arc<crate::analyzer::Forecaster>,
     pub cancels: CancelRegistry,
 }
