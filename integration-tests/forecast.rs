@@ -89,6 +89,6 @@ async fn forecast_rises_before_the_observed_rate() {
     assert!(last["model"].is_string());
     // The gauges are exported too.
     let metrics = proxy.admin_get("/metrics");
-    assert!(metrics.contains(&format!("shardcast_analyzer_predicted_rate{{node=")));
+    assert!(metrics.contains("shardcast_analyzer_predicted_rate{node="));
     assert!(metrics.contains(&format!("partition=\"{hot}\"")));
 }
