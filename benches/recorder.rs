@@ -14,7 +14,14 @@ fn main() {
     let rec = Arc::new(Recorder::new(true, 60));
     rec.ensure(0..1024);
     let src = rec.source("bench", "bench");
-    let req = Request { kind: RequestKind::Read, rows: 1, bytes_in: 64, bytes_out: 128, latency_us: 90, error: false };
+    let req = Request {
+        kind: RequestKind::Read,
+        rows: 1,
+        bytes_in: 64,
+        bytes_out: 128,
+        latency_us: 90,
+        error: false,
+    };
 
     let t = Instant::now();
     for i in 0..n {

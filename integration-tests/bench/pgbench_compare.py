@@ -7,7 +7,9 @@ pooling) in front of node 1 and shardcast with 1 and with 2 nodes
 (pgbench_accounts sharded on aid), then runs `pgbench -S` against each target
 in alternating rounds, for -M simple and -M extended. Prints tps (median of
 rounds), p50/p99 latency (from per-transaction logs) and the ratios
-shardcast/PgBouncer and shardcast/direct measured in this same run.
+shardcast/PgBouncer and shardcast/direct measured in this same run, plus the
+CPU time per transaction of the proxy process and of the whole machine (less
+noisy than throughput on a shared machine).
 
 Environment: SECONDS_PER_RUN (10), ROUNDS (3), CLIENTS (16), THREADS (2),
 SCALE (10), MODES ("simple extended"), RECORDER (on|off|both: compare the
@@ -110,7 +112,9 @@ logfile = {d}/pgb.log
     p = subprocess.Popen(as_postgres(["pgbouncer", os.path.join(d, "pgb.ini")]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(("proc", p))
     wait_port(port)
-    return port
+    # runuser forks pgbouncer: measure the child's CPU.
+    kids = open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()
+    return port, int(kids[0]) if kids else p.pid
 
 
 def start_shardcast(node_ports, recorder=True):
@@ -142,7 +146,21 @@ enabled = {"true" if recorder else "false"}
     p = subprocess.Popen([os.path.join(ROOT, "target/release/shardcast"), "run", "--config", path], stdout=log, stderr=log)
     procs.append(("proc", p))
     wait_port(port)
-    return port
+    return port, p.pid
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used so far."""
+    if pid is None:
+        return 0.0
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu():
+    """CPU seconds the whole machine has been busy (all cores)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def pgbench(port, db, mode):
@@ -156,6 +174,7 @@ def pgbench(port, db, mode):
     if out.returncode != 0 or "number of failed transactions: 0 " not in out.stdout:
         raise RuntimeError(f"pgbench on port {port} failed:\n{out.stdout}\n{out.stderr}")
     tps = float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+    txs = int(re.search(r"number of transactions actually processed: (\d+)", out.stdout).group(1))
     lat = []
     for fn in glob.glob(f"{d}/tx*"):
         with open(fn) as f:
@@ -163,7 +182,7 @@ def pgbench(port, db, mode):
                 parts = line.split()
                 if len(parts) >= 3:
                     lat.append(int(parts[2]))
-    return tps, lat
+    return tps, txs, lat
 
 
 def pct(xs, q):
@@ -179,7 +198,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     print("starting two PostgreSQL nodes and loading pgbench data...", file=sys.stderr)
     n1, n2 = start_node(), start_node()
-    targets = [("direct", n1, "bench"), ("pgbouncer", start_pgbouncer(n1), "app")]
+    targets = [("direct", (n1, None), "bench"), ("pgbouncer", start_pgbouncer(n1), "app")]
     if RECORDER in ("on", "both"):
         targets.append(("shardcast-1node", start_shardcast([n1]), "app"))
     if RECORDER in ("off", "both"):
@@ -190,17 +209,21 @@ def main():
     for mode in MODES:
         for r in range(ROUNDS):
             order = targets if r % 2 == 0 else list(reversed(targets))
-            for name, port, db in order:
-                tps, lat = pgbench(port, db, mode)
-                res = results.setdefault((mode, name), {"tps": [], "lat": []})
+            for name, (port, pid), db in order:
+                p0, m0 = proc_cpu(pid), machine_cpu()
+                tps, txs, lat = pgbench(port, db, mode)
+                p1, m1 = proc_cpu(pid), machine_cpu()
+                res = results.setdefault((mode, name), {"tps": [], "lat": [], "cpu": [], "mcpu": []})
                 res["tps"].append(tps)
                 res["lat"].extend(lat)
+                res["cpu"].append((p1 - p0) / txs * 1e6)
+                res["mcpu"].append((m1 - m0) / txs * 1e6)
                 print(f"  {mode:8} round {r + 1} {name:22} {tps:10.0f} tps", file=sys.stderr)
 
     print(f"\npgbench -S, {CLIENTS} clients, {THREADS} threads, {SECS}s x {ROUNDS} alternating rounds, scale {SCALE}; "
           f"{os.cpu_count()} cores shared by everything\n")
-    print(f"| mode | target | tps (median) | p50 ms | p99 ms | vs PgBouncer | vs direct |")
-    print(f"| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| mode | target | tps (median) | p50 ms | p99 ms | vs PgBouncer | vs direct | proxy CPU us/tx | machine CPU us/tx |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for mode in MODES:
         base_d = statistics.median(results[(mode, "direct")]["tps"])
         base_b = statistics.median(results[(mode, "pgbouncer")]["tps"])
@@ -208,13 +231,17 @@ def main():
             res = results[(mode, name)]
             tps = statistics.median(res["tps"])
             print(f"| {mode} | {name} | {tps:.0f} | {pct(res['lat'], 0.5):.3f} | {pct(res['lat'], 0.99):.3f} "
-                  f"| {tps / base_b:.2f}x | {tps / base_d:.2f}x |")
+                  f"| {tps / base_b:.2f}x | {tps / base_d:.2f}x "
+                  f"| {statistics.median(res['cpu']):.1f} | {statistics.median(res['mcpu']):.1f} |")
     if RECORDER == "both":
         print()
         for mode in MODES:
             on = statistics.median(results[(mode, "shardcast-1node")]["tps"])
             off = statistics.median(results[(mode, "shardcast-1node-norec")]["tps"])
-            print(f"recorder cost, {mode}: on/off = {on / off:.3f} ({(1 - on / off) * 100:+.1f}% throughput)")
+            c_on = statistics.median(results[(mode, "shardcast-1node")]["cpu"])
+            c_off = statistics.median(results[(mode, "shardcast-1node-norec")]["cpu"])
+            print(f"recorder cost, {mode}: throughput on/off = {on / off:.3f} ({(1 - on / off) * 100:+.1f}%); "
+                  f"proxy CPU per transaction on/off = {c_on / c_off:.3f} ({(c_on / c_off - 1) * 100:+.1f}%)")
 
 
 def cleanup(*_):

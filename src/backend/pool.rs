@@ -32,7 +32,10 @@ pub struct Pool {
     pub target: NodeTarget,
     size: usize,
     checkout_timeout: Duration,
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection changes hands twice per transaction, and moving
+    /// a pointer is cheaper than moving the connection.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     permits: Arc<Semaphore>,
     pub stats: PoolStats,
 }
@@ -91,10 +94,11 @@ impl Pool {
                 self.stats.idle.fetch_sub(1, Ordering::Relaxed);
                 c
             }
-            None => match ServerConn::connect(&self.target).await {
+            // Boxed: connecting is rare and its future large.
+            None => match Box::pin(ServerConn::connect(&self.target)).await {
                 Ok(c) => {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    c
+                    Box::new(c)
                 }
                 Err(e) => {
                     self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -125,7 +129,7 @@ impl Pool {
 
 /// A checked-out server connection; returns to the pool on drop when clean.
 pub struct Checkout {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }

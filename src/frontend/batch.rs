@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use super::error::FrontendError;
 use super::exchange::{Action, Exchange, Expect, Until};
 use super::execute::Work;
-use super::route::{combine, decide};
+use super::route::{combine, decide, Decision};
 use super::session::{Session, Tx};
 use crate::backend::ServerConn;
 use crate::protocol::messages::{
@@ -25,7 +25,7 @@ use crate::protocol::messages::{
     parse_bind, parse_complete, parse_parse, parse_target, ready_for_query, rename_bind,
 };
 use crate::protocol::{sqlstate, Frame};
-use crate::router::{Command, RouteError, Shape};
+use crate::router::{Analysis, Command, RouteError};
 
 /// A statement as the proxy knows it.
 #[derive(Debug)]
@@ -36,7 +36,7 @@ pub struct Prepared {
     pub sql: String,
     /// The Parse to send to a server (already renamed).
     pub parse: Frame,
-    pub shapes: Result<Arc<[Shape]>, RouteError>,
+    pub analysis: Result<Analysis, RouteError>,
 }
 
 /// One buffered client message, decoded as far as routing needs.
@@ -65,14 +65,38 @@ fn statement_id(sql: &str, types: &[u8]) -> u64 {
     h.finish().max(1)
 }
 
+/// A batch decoded for routing; kept by the session and reused, so that a
+/// batch allocates nothing once the session is warm.
+#[derive(Default)]
+pub struct Decoded {
+    msgs: Vec<Msg>,
+    decisions: Vec<Decision>,
+    commands: Vec<Command>,
+}
+
 impl Session {
     pub(super) async fn run_batch(&mut self) -> Result<(), FrontendError> {
-        let frames = std::mem::take(&mut self.batch);
+        let mut frames = std::mem::take(&mut self.batch);
+        let mut decoded = std::mem::take(&mut self.decoded);
+        let r = self.run_decoded(&mut frames, &mut decoded).await;
+        frames.clear();
+        decoded.msgs.clear();
+        decoded.decisions.clear();
+        decoded.commands.clear();
+        self.batch = frames;
+        self.decoded = decoded;
+        r
+    }
+
+    async fn run_decoded(
+        &mut self,
+        frames: &mut Vec<Frame>,
+        decoded: &mut Decoded,
+    ) -> Result<(), FrontendError> {
         let ends_with_sync = frames.last().is_some_and(|f| f.tag == b'S');
         let started = Instant::now();
-        let decoded = self.decode_batch(frames);
-        let (msgs, decisions, commands) = match decoded {
-            Ok(x) => x,
+        let (msgs, decisions, commands) = match self.decode_batch(frames, decoded) {
+            Ok(()) => (&decoded.msgs, &decoded.decisions, &decoded.commands),
             Err(e) if !e.is_fatal() => {
                 // As PostgreSQL: an error, then everything up to Sync is skipped.
                 self.report(&e);
@@ -92,7 +116,7 @@ impl Session {
                     .all(|c| matches!(c, Command::Commit | Command::Rollback))
             {
                 self.tx = Tx::None;
-                self.answer_locally(&msgs, "ROLLBACK");
+                self.answer_locally(msgs, "ROLLBACK");
             } else {
                 self.failed_tx_error();
             }
@@ -118,7 +142,7 @@ impl Session {
                 if tag != "BEGIN" {
                     self.tx = Tx::None;
                 }
-                self.answer_locally(&msgs, tag);
+                self.answer_locally(msgs, tag);
                 return Ok(());
             }
         }
@@ -146,7 +170,7 @@ impl Session {
                 // Parse/Close only: nothing needs a server yet. The Parse is
                 // sent with the first Bind, on whichever node that lands;
                 // answering here keeps prepare from holding a connection.
-                self.answer_locally(&msgs, "");
+                self.answer_locally(msgs, "");
                 return Ok(());
             }
             if !executes {
@@ -156,8 +180,8 @@ impl Session {
                 let tx = std::mem::replace(&mut self.tx, Tx::None);
                 let r = self
                     .execute(
-                        combine(&decisions)?,
-                        Work::Batch(&msgs, ends_with_sync),
+                        combine(decisions)?,
+                        Work::Batch(msgs, ends_with_sync),
                         started,
                         None,
                     )
@@ -168,8 +192,8 @@ impl Session {
                 return Ok(());
             }
         }
-        let decision = combine(&decisions)?;
-        self.execute(decision, Work::Batch(&msgs, ends_with_sync), started, None)
+        let decision = combine(decisions)?;
+        self.execute(decision, Work::Batch(msgs, ends_with_sync), started, None)
             .await?;
         Ok(())
     }
@@ -186,16 +210,18 @@ impl Session {
         Ok(())
     }
 
-    #[allow(clippy::type_complexity)]
     fn decode_batch(
         &mut self,
-        frames: Vec<Frame>,
-    ) -> Result<(Vec<Msg>, Vec<super::route::Decision>, Vec<Command>), FrontendError> {
-        let mut msgs = Vec::with_capacity(frames.len());
-        let mut decisions = Vec::new();
-        let mut commands = Vec::new();
+        frames: &mut Vec<Frame>,
+        out: &mut Decoded,
+    ) -> Result<(), FrontendError> {
+        let Decoded {
+            msgs,
+            decisions,
+            commands,
+        } = out;
         let table = self.shared.routing.peek();
-        for f in frames {
+        for f in frames.drain(..) {
             match f.tag {
                 b'P' => {
                     let p = parse_parse(&f)?;
@@ -211,7 +237,7 @@ impl Session {
                             id: 0,
                             server_name: String::new(),
                             sql: p.query.to_string(),
-                            shapes: self.shared.analyzer.analyze(p.query),
+                            analysis: self.shared.analyzer.analysis(p.query),
                             parse: f.clone(),
                         });
                         self.unnamed = Some(s.clone());
@@ -231,7 +257,7 @@ impl Session {
                             parse: encode_parse(&server_name, p.query, p.param_types),
                             server_name,
                             sql: p.query.to_string(),
-                            shapes: self.shared.analyzer.analyze(p.query),
+                            analysis: self.shared.analyzer.analysis(p.query),
                         });
                         self.statements.insert(p.name.to_string(), s.clone());
                         s
@@ -241,15 +267,21 @@ impl Session {
                 b'B' => {
                     let b = parse_bind(&f)?;
                     let stmt = self.lookup(b.statement)?;
-                    let shapes = stmt.shapes.as_ref().map_err(|e| {
+                    let analysis = stmt.analysis.as_ref().map_err(|e| {
                         FrontendError::route(
                             e.sqlstate(),
                             e.to_string(),
                             "see the shard-key rules in the README".into(),
                         )
                     })?;
-                    for s in shapes.iter() {
-                        decisions.push(decide(s, Some(&b), &table, self.shared.default_node)?);
+                    for s in analysis.shapes.iter() {
+                        decisions.push(decide(
+                            s,
+                            &analysis.values,
+                            Some(&b),
+                            &table,
+                            self.shared.default_node,
+                        )?);
                         commands.push(s.command);
                     }
                     let frame = if stmt.id == 0 {
@@ -300,7 +332,7 @@ impl Session {
                 }),
             }
         }
-        Ok((msgs, decisions, commands))
+        Ok(())
     }
 
     fn lookup(&self, name: &str) -> Result<Arc<Prepared>, FrontendError> {

@@ -66,7 +66,9 @@ impl Session {
                         "filter on the shard key, or run it outside the transaction".into(),
                     ));
                 }
-                return self.fanout(work, started).await;
+                // Boxed: a large, rarer future that would otherwise bloat (and be
+                // copied with) every single-node statement's future.
+                return Box::pin(self.fanout(work, started)).await;
             }
             Dest::Anywhere => (
                 self.attached

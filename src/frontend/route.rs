@@ -1,10 +1,12 @@
 //! From statement shapes (and Bind parameters) to the node(s) that must run
 //! them, against one snapshot of the routing table.
 
+use std::borrow::Cow;
+
 use crate::config::KeyType;
 use crate::protocol::messages::Bind;
 use crate::protocol::sqlstate;
-use crate::ring::{NodeId, PartitionId, RoutingTable};
+use crate::ring::{NodeId, PartitionId, PartitionState, RoutingTable};
 use crate::router::sql::{hash_key, key_from_param};
 use crate::router::{Command, KeyRef, KeyValue, Shape, Target};
 
@@ -32,9 +34,11 @@ pub struct Decision {
     pub write: bool,
 }
 
-/// Decides one statement. `bind` supplies `$n` parameters (extended protocol).
+/// Decides one statement. `values` are the statement text's literal keys
+/// (`Analysis::values`); `bind` supplies `$n` parameters (extended protocol).
 pub fn decide(
     shape: &Shape,
+    values: &[KeyValue],
     bind: Option<&Bind<'_>>,
     table: &RoutingTable,
     default_node: NodeId,
@@ -77,7 +81,7 @@ pub fn decide(
             let mut chosen: Option<(NodeId, PartitionId, Option<NodeId>)> = None;
             let mut spread = false;
             for k in keys {
-                let value = resolve(k, bind, *key_type, t)?;
+                let value = resolve(k, values, bind, *key_type, t)?;
                 let Some(h) = hash_key(&value, *key_type) else {
                     // NULL never matches `key = NULL`; an INSERT of a NULL key
                     // is refused by the NOT NULL it should carry. Either way
@@ -85,6 +89,19 @@ pub fn decide(
                     continue;
                 };
                 let p = table.lookup(h);
+                if write && p.state != PartitionState::Serving {
+                    // Dual-write execution and the cut-over fence land with
+                    // online migration; until then a write to a moving
+                    // partition is refused rather than sent to one node only.
+                    return Err(FrontendError::route(
+                        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                        format!(
+                            "partition {} of \"{t}\" is being moved (state {:?}); writes to it are paused",
+                            p.id, p.state
+                        ),
+                        "retry the write once the move has finished".into(),
+                    ));
+                }
                 let mirror = if write { p.write_nodes().nth(1) } else { None };
                 match chosen {
                     None => chosen = Some((p.node, p.id, mirror)),
@@ -111,14 +128,22 @@ pub fn decide(
     Ok(Decision { dest, write })
 }
 
-fn resolve(
-    k: &KeyRef,
+fn resolve<'a>(
+    k: &'a KeyRef,
+    values: &'a [KeyValue],
     bind: Option<&Bind<'_>>,
     key_type: KeyType,
     table: &str,
-) -> Result<KeyValue, FrontendError> {
+) -> Result<Cow<'a, KeyValue>, FrontendError> {
     match k {
-        KeyRef::Value(v) => Ok(v.clone()),
+        KeyRef::Value(v) => Ok(Cow::Borrowed(v)),
+        KeyRef::Literal(i) => values.get(*i).map(Cow::Borrowed).ok_or_else(|| {
+            FrontendError::route(
+                sqlstate::INTERNAL_ERROR,
+                format!("literal key {i} of \"{table}\" is missing"),
+                "report this statement as a bug".into(),
+            )
+        }),
         KeyRef::Param(n) => {
             let Some((bytes, binary)) = bind.and_then(|b| b.param(*n)) else {
                 return Err(FrontendError::route(
@@ -129,13 +154,15 @@ fn resolve(
                     "bind a value for every parameter".into(),
                 ));
             };
-            key_from_param(bytes, binary, key_type).map_err(|e| {
-                FrontendError::route(
-                    sqlstate::INVALID_TEXT_REPRESENTATION,
-                    format!("shard key of \"{table}\" in ${n}: {e}"),
-                    "bind a value of the shard key's type".into(),
-                )
-            })
+            key_from_param(bytes, binary, key_type)
+                .map(Cow::Owned)
+                .map_err(|e| {
+                    FrontendError::route(
+                        sqlstate::INVALID_TEXT_REPRESENTATION,
+                        format!("shard key of \"{table}\" in ${n}: {e}"),
+                        "bind a value of the shard key's type".into(),
+                    )
+                })
         }
     }
 }
@@ -173,5 +200,49 @@ pub fn command_name(c: Command) -> &'static str {
         Command::Copy => "COPY",
         Command::Select => "SELECT",
         _ => "statement",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TableConfig;
+    use crate::router::sql::Analyzer;
+
+    fn shape(sql: &str) -> Shape {
+        let a = Analyzer::new(&[TableConfig {
+            name: "accounts".into(),
+            shard_key: "id".into(),
+            key_type: KeyType::Bigint,
+        }]);
+        a.analyze(sql).unwrap()[0].clone()
+    }
+
+    fn decide_sql(sql: &str, t: &RoutingTable) -> Result<Decision, FrontendError> {
+        decide(&shape(sql), &[], None, t, 0)
+    }
+
+    /// Two partitions on two nodes; the one owning id 1 is being moved.
+    fn moving_table() -> RoutingTable {
+        let nodes = vec!["a".to_string(), "b".to_string()];
+        let h = hash_key(&KeyValue::Int(1), KeyType::Bigint).unwrap();
+        let mut ps = RoutingTable::even(1, 2, nodes.clone())
+            .unwrap()
+            .partitions()
+            .to_vec();
+        let p = ps.iter_mut().find(|p| p.lo <= h && h <= p.hi).unwrap();
+        p.state = PartitionState::DualWrite;
+        p.target = Some(1 - p.node);
+        RoutingTable::new(2, ps, nodes).unwrap()
+    }
+
+    #[test]
+    fn writes_to_a_moving_partition_are_refused_not_single_homed() {
+        let t = moving_table();
+        let e = decide_sql("UPDATE accounts SET v = 1 WHERE id = 1", &t).unwrap_err();
+        assert_eq!(e.sqlstate(), sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE);
+        // Reads still go to the owner.
+        let d = decide_sql("SELECT * FROM accounts WHERE id = 1", &t).unwrap();
+        assert!(matches!(d.dest, Dest::Node { mirror: None, .. }));
     }
 }

@@ -45,6 +45,7 @@ pub struct Session {
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
     pub(super) batch: Vec<Frame>,
+    pub(super) decoded: super::batch::Decoded,
     /// Scratch space reused by every round (bytes to a server, expectations).
     pub(super) sbuf: BytesMut,
     pub(super) exchange: super::exchange::Exchange,
@@ -79,6 +80,7 @@ impl Session {
             statements: HashMap::new(),
             unnamed: None,
             batch: Vec::new(),
+            decoded: Default::default(),
             sbuf: BytesMut::with_capacity(1024),
             exchange: Default::default(),
             settings,

@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use super::error::FrontendError;
 use super::execute::Work;
-use super::route::{combine, decide};
+use smallvec::SmallVec;
+
+use super::route::{combine, decide, Decision};
 use super::session::{Session, Tx};
 use super::settings::UNKNOWN;
 use crate::protocol::messages::{
@@ -18,18 +20,19 @@ impl Session {
     pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), FrontendError> {
         let started = Instant::now();
         let sql = parse_query(&f)?;
-        if sql.trim().trim_matches(';').trim().is_empty() && self.attached.is_none() {
+        if self.attached.is_none() && sql.bytes().all(|b| b.is_ascii_whitespace() || b == b';') {
             self.write(&empty_query_response());
             self.write(&ready_for_query(self.status()));
             return Ok(());
         }
-        let shapes = self.shared.analyzer.analyze(sql).map_err(|e| {
+        let analysis = self.shared.analyzer.analysis(sql).map_err(|e| {
             FrontendError::route(
                 e.sqlstate(),
                 e.to_string(),
                 "see the shard-key rules in the README".into(),
             )
         })?;
+        let shapes = &analysis.shapes;
         if self.attached.is_none() && shapes.len() == 1 {
             if let Some(tag) = self.local_transaction_control(shapes[0].command, sql) {
                 self.write(&command_complete(&tag));
@@ -44,10 +47,10 @@ impl Session {
         let decision = {
             let table = self.shared.routing.peek();
             let default = self.shared.default_node;
-            let each: Vec<_> = shapes
-                .iter()
-                .map(|s| decide(s, None, &table, default))
-                .collect::<Result<_, _>>()?;
+            let mut each = SmallVec::<[Decision; 2]>::new();
+            for s in shapes.iter() {
+                each.push(decide(s, &analysis.values, None, &table, default)?);
+            }
             combine(&each)?
         };
         // A session-level SET/RESET changes what the connection carries;

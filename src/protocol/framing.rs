@@ -93,13 +93,11 @@ impl<'a> Reader<'a> {
     }
 
     pub fn cstr_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err("missing string terminator"))?;
-        let s = &self.buf[..end];
-        self.buf = &self.buf[end + 1..];
+        // CStr's search for the terminator is word-at-a-time.
+        let s = std::ffi::CStr::from_bytes_until_nul(self.buf)
+            .map_err(|_| self.err("missing string terminator"))?
+            .to_bytes();
+        self.buf = &self.buf[s.len() + 1..];
         Ok(s)
     }
 

@@ -2,6 +2,7 @@
 //! writes itself. Everything else passes through as an opaque [`Frame`].
 
 use bytes::{BufMut, BytesMut};
+use smallvec::SmallVec;
 
 use super::framing::{Frame, ProtocolError, Reader};
 
@@ -51,8 +52,9 @@ pub fn encode_parse(name: &str, query: &str, param_types: &[u8]) -> Frame {
 pub struct Bind<'a> {
     pub portal: &'a str,
     pub statement: &'a str,
-    formats: Vec<i16>,
-    params: Vec<Option<&'a [u8]>>,
+    // Inline for the usual few parameters: no allocation per Bind.
+    formats: SmallVec<[i16; 4]>,
+    params: SmallVec<[Option<&'a [u8]>; 4]>,
     /// Everything after the statement name, to re-emit on rename.
     after_names: &'a [u8],
 }
@@ -87,7 +89,7 @@ pub fn parse_bind(f: &Frame) -> Result<Bind<'_>, ProtocolError> {
             what: "negative format count",
         });
     }
-    let mut formats = Vec::with_capacity(nf as usize);
+    let mut formats = SmallVec::with_capacity(nf as usize);
     for _ in 0..nf {
         formats.push(r.i16()?);
     }
@@ -98,7 +100,7 @@ pub fn parse_bind(f: &Frame) -> Result<Bind<'_>, ProtocolError> {
             what: "negative parameter count",
         });
     }
-    let mut params = Vec::with_capacity(np as usize);
+    let mut params = SmallVec::with_capacity(np as usize);
     for _ in 0..np {
         let len = r.i32()?;
         if len < -1 {
@@ -185,10 +187,15 @@ pub fn command_tag(f: &Frame) -> &str {
 
 /// The row count at the end of a command tag (`INSERT 0 5` → 5).
 pub fn tag_rows(tag: &str) -> u64 {
-    tag.rsplit(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    // Once per statement on the hot path: read the trailing digits by hand.
+    let b = tag.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || (digits < b.len() && b[b.len() - digits - 1] != b' ') {
+        return 0;
+    }
+    b[b.len() - digits..].iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add((d - b'0') as u64)
+    })
 }
 
 /// Fields of an `ErrorResponse` or `NoticeResponse`.
@@ -382,5 +389,8 @@ mod tests {
         assert_eq!(tag_rows("INSERT 0 5"), 5);
         assert_eq!(tag_rows("SELECT 12"), 12);
         assert_eq!(tag_rows("BEGIN"), 0);
+        assert_eq!(tag_rows("SELECT"), 0);
+        assert_eq!(tag_rows("COPY 1234567"), 1_234_567);
+        assert_eq!(tag_rows("X1"), 0);
     }
 }

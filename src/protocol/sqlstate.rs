@@ -16,6 +16,9 @@ pub const TOO_MANY_CONNECTIONS: &str = "53300";
 pub const QUERY_CANCELED: &str = "57014";
 pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const INTERNAL_ERROR: &str = "XX000";
+/// A write reached a partition that is being moved (class 55: object not in
+/// prerequisite state); the client may retry once the move ends.
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// Raised for a statement that needs a shard key it does not give: a write
 /// with no key, or a transaction spanning shards. Class 0A: not supported.
 pub const NEEDS_SHARD_KEY: &str = "0A000";

@@ -15,23 +15,27 @@ use super::sql::Template;
 
 const SHARDS: usize = 32;
 
+type Map = HashMap<String, Arc<Template>, foldhash::fast::RandomState>;
+
 pub(super) struct ShapeCache {
-    shards: Vec<RwLock<HashMap<String, Arc<Template>>>>,
+    shards: Vec<RwLock<Map>>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    /// A fast seeded hasher: every statement's key is hashed on the hot path.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl ShapeCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(Map::default())).collect(),
             per_shard: (capacity / SHARDS).max(16),
             hasher: Default::default(),
         }
     }
 
-    fn shard(&self, key: &str) -> &RwLock<HashMap<String, Arc<Template>>> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    fn shard(&self, key: &str) -> &RwLock<Map> {
+        // Middle bits: the maps use the low bits (bucket) and top bits (tag).
+        &self.shards[(self.hasher.hash_one(key) >> 32) as usize % SHARDS]
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Template>> {

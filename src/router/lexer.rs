@@ -3,6 +3,8 @@
 //! that differ only in their literals normalise alike, so the router parses
 //! a statement's shape once and afterwards only re-reads the literals.
 
+use std::borrow::Cow;
+
 /// What kind of literal a marker stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LitKind {
@@ -39,12 +41,36 @@ pub struct Normalized {
     pub semicolons: Vec<usize>,
 }
 
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT: u8 = 4;
+
+/// Byte classes, looked up once per byte on the hot path.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        if c.is_ascii_whitespace() {
+            t[i] = SPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            t[i] = IDENT_START | IDENT;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            t[i] = IDENT;
+        }
+        i += 1;
+    }
+    t
+};
+
 fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+    CLASS[c as usize] & IDENT_START != 0
 }
 
 fn is_ident_char(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+    CLASS[c as usize] & IDENT != 0
 }
 
 /// Normalises `sql`. Never fails: unterminated quotes run to the end.
@@ -73,7 +99,7 @@ pub fn normalize_into(sql: &str, n: &mut Normalized) {
     while i < b.len() {
         let c = b[i];
         // Whitespace and comments.
-        if c.is_ascii_whitespace() {
+        if CLASS[c as usize] & SPACE != 0 {
             pending_space = true;
             i += 1;
             continue;
@@ -106,10 +132,32 @@ pub fn normalize_into(sql: &str, n: &mut Normalized) {
             continue;
         }
         push_space(n, &mut pending_space);
+        let next = b.get(i + 1).copied().unwrap_or(0);
+        let prefixed_string = next == b'\'' && matches!(c | 0x20, b'e' | b'b' | b'x' | b'n');
+        let unicode_string = c | 0x20 == b'u' && next == b'&' && b.get(i + 2) == Some(&b'\'');
+        // Identifiers and keywords, the most common token, first.
+        if is_ident_start(c) && !prefixed_string && !unicode_string {
+            let start = i;
+            let mut ascii = true;
+            while i < b.len() && is_ident_char(b[i]) {
+                ascii &= b[i] < 0x80;
+                i += 1;
+            }
+            let at = n.key.len();
+            let word = &sql[start..i];
+            if ascii {
+                n.key.push_str(word);
+                n.key[at..].make_ascii_lowercase();
+            } else {
+                for ch in word.chars() {
+                    n.key.extend(ch.to_lowercase());
+                }
+            }
+            n.words.push((at, n.key.len()));
+            continue;
+        }
         // String literals, with their prefixes.
-        let prefixed =
-            |p: u8| (c == p || c == p.to_ascii_lowercase()) && b.get(i + 1) == Some(&b'\'');
-        if c == b'\'' || prefixed(b'E') || prefixed(b'B') || prefixed(b'X') || prefixed(b'N') {
+        if c == b'\'' || prefixed_string {
             let kind = match c.to_ascii_uppercase() {
                 b'\'' | b'N' => LitKind::Str,
                 b'E' => LitKind::EStr,
@@ -138,7 +186,7 @@ pub fn normalize_into(sql: &str, n: &mut Normalized) {
             n.key.push('\u{2}');
             continue;
         }
-        if (c == b'U' || c == b'u') && b.get(i + 1) == Some(&b'&') && b.get(i + 2) == Some(&b'\'') {
+        if unicode_string {
             let start = i;
             i += 3;
             while i < b.len() {
@@ -227,31 +275,18 @@ pub fn normalize_into(sql: &str, n: &mut Normalized) {
             n.key.push('\u{1}');
             continue;
         }
-        if is_ident_start(c) {
-            let start = i;
-            while i < b.len() && is_ident_char(b[i]) {
-                i += 1;
-            }
-            let at = n.key.len();
-            let word = &sql[start..i];
-            if word.is_ascii() {
-                n.key.push_str(word);
-                n.key[at..].make_ascii_lowercase();
-            } else {
-                for ch in word.chars() {
-                    n.key.extend(ch.to_lowercase());
-                }
-            }
-            n.words.push((at, n.key.len()));
-            continue;
-        }
         // Operators and punctuation: copied (a char at a time, UTF-8 safe).
         if c == b';' {
             n.semicolons.push(i);
         }
-        let ch = sql[i..].chars().next().expect("in bounds");
-        n.key.push(ch);
-        i += ch.len_utf8();
+        if c < 0x80 {
+            n.key.push(c as char);
+            i += 1;
+        } else {
+            let ch = sql[i..].chars().next().expect("in bounds");
+            n.key.push(ch);
+            i += ch.len_utf8();
+        }
     }
 }
 
@@ -297,14 +332,20 @@ pub fn placeholder_text(sql: &str, lits: &[Lit]) -> String {
 pub const PLACEHOLDER_BASE: usize = 1_000_000;
 
 /// The value of a literal: a number's text, or a string's unescaped content.
-pub fn literal_value(sql: &str, l: &Lit) -> Option<String> {
+/// Borrowed from `sql` unless unescaping changes it.
+pub fn literal_value<'a>(sql: &'a str, l: &Lit) -> Option<Cow<'a, str>> {
     let raw = &sql[l.start..l.end];
     match l.kind {
-        LitKind::Number => Some(raw.replace('_', "")),
+        LitKind::Number if raw.contains('_') => Some(raw.replace('_', "").into()),
+        LitKind::Number => Some(raw.into()),
         LitKind::Str => {
             let body = raw.strip_prefix(['N', 'n']).unwrap_or(raw);
             let inner = body.strip_prefix('\'')?.strip_suffix('\'')?;
-            Some(inner.replace("''", "'"))
+            Some(if inner.contains("''") {
+                inner.replace("''", "'").into()
+            } else {
+                inner.into()
+            })
         }
         LitKind::EStr => {
             let inner = raw.get(2..raw.len().checked_sub(1)?)?;
@@ -327,12 +368,12 @@ pub fn literal_value(sql: &str, l: &Lit) -> Option<String> {
                     c => out.push(c),
                 }
             }
-            Some(out)
+            Some(out.into())
         }
         LitKind::Dollar => {
             let tag_end = raw[1..].find('$')? + 2;
             raw.get(tag_end..raw.len().checked_sub(tag_end)?)
-                .map(str::to_string)
+                .map(Cow::Borrowed)
         }
         LitKind::Other => None,
     }

@@ -10,6 +10,6 @@ pub mod keys;
 pub mod lexer;
 pub mod sql;
 
-pub use sql::{Analyzer, Command, KeyRef, KeyValue, RouteError, Shape, Target};
+pub use sql::{Analysis, Analyzer, Command, KeyRef, KeyValue, RouteError, Shape, Target};
 #[cfg(test)]
 mod tests;

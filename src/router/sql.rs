@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use sqlparser::ast::{
     self, AssignmentTarget, BinaryOperator, Expr, FromTable, InTarget, ObjectName, ObjectNamePart,
     Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value,
@@ -71,6 +73,38 @@ pub enum KeyRef {
     Value(KeyValue),
     /// The 1-based `$n` parameter of the extended protocol.
     Param(usize),
+    /// A literal of the statement text: `Analysis::values[i]`.
+    Literal(usize),
+}
+
+/// One statement text's analysis: the cached shapes (shared by every text
+/// of the same shape) plus this text's literal key values, so the hot path
+/// allocates nothing for a statement it has seen before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub shapes: Arc<[Shape]>,
+    pub values: SmallVec<[KeyValue; 2]>,
+}
+
+impl Analysis {
+    /// The shapes with literal keys filled in (allocates; for tests and
+    /// diagnostics).
+    pub fn resolved(&self) -> Arc<[Shape]> {
+        if self.values.is_empty() {
+            return self.shapes.clone();
+        }
+        let mut shapes = self.shapes.to_vec();
+        for s in &mut shapes {
+            if let Target::Keys { keys, .. } = &mut s.target {
+                for k in keys {
+                    if let KeyRef::Literal(i) = *k {
+                        *k = KeyRef::Value(self.values[i].clone());
+                    }
+                }
+            }
+        }
+        shapes.into()
+    }
 }
 
 /// Where a statement must go.
@@ -130,11 +164,10 @@ struct Sharded {
     key_position: Option<usize>,
 }
 
-/// A key in a cached shape: known, a parameter, or "literal number k".
+/// How to read the value of `KeyRef::Literal(i)` (the template's i-th
+/// patch) from a statement text: its literal number `literal`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Patch {
-    pub shape: usize,
-    pub key: usize,
     pub literal: usize,
     pub negate: bool,
     pub key_type: KeyType,
@@ -186,8 +219,14 @@ impl Analyzer {
         }
     }
 
-    /// The shape of every statement in `sql` (a simple query may hold several).
+    /// The shape of every statement in `sql` (a simple query may hold
+    /// several), with literal keys filled in.
     pub fn analyze(&self, sql: &str) -> Result<Arc<[Shape]>, RouteError> {
+        self.analysis(sql).map(|a| a.resolved())
+    }
+
+    /// The hot-path form of `analyze`: cached shapes plus literal values.
+    pub fn analysis(&self, sql: &str) -> Result<Analysis, RouteError> {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Normalized> = std::cell::RefCell::new(Normalized::default());
         }
@@ -200,7 +239,7 @@ impl Analyzer {
         })
     }
 
-    fn analyze_normalized(&self, sql: &str, norm: &Normalized) -> Result<Arc<[Shape]>, RouteError> {
+    fn analyze_normalized(&self, sql: &str, norm: &Normalized) -> Result<Analysis, RouteError> {
         let template = match self.cache.get(&norm.key) {
             Some(t) => t,
             None => {
@@ -220,13 +259,11 @@ impl Analyzer {
         match parsed {
             Ok(stmts) if !stmts.is_empty() => {
                 let mut shapes = Vec::with_capacity(stmts.len());
-                let mut patches = Vec::new();
-                for (i, s) in stmts.iter().enumerate() {
-                    let mut a = StatementAnalysis {
-                        analyzer: self,
-                        patches: Vec::new(),
-                        shape: i,
-                    };
+                let mut a = StatementAnalysis {
+                    analyzer: self,
+                    patches: Vec::new(),
+                };
+                for s in &stmts {
                     match a.statement(s) {
                         Ok(shape) => shapes.push(shape),
                         Err(e) => {
@@ -237,11 +274,10 @@ impl Analyzer {
                             }
                         }
                     }
-                    patches.extend(a.patches);
                 }
                 Template {
                     shapes: shapes.into(),
-                    patches,
+                    patches: a.patches,
                     error: None,
                 }
             }
@@ -301,35 +337,34 @@ impl Analyzer {
     }
 }
 
-/// Fills a template's literal keys from this statement's literals.
-fn instantiate(t: &Template, sql: &str, norm: &Normalized) -> Result<Arc<[Shape]>, RouteError> {
+/// Reads the values of a template's literal keys from this statement's text.
+fn instantiate(t: &Template, sql: &str, norm: &Normalized) -> Result<Analysis, RouteError> {
     if let Some(e) = &t.error {
         return Err(e.clone());
     }
-    if t.patches.is_empty() {
-        return Ok(t.shapes.clone());
-    }
-    let mut shapes = t.shapes.to_vec();
+    let mut values = SmallVec::new();
     for p in &t.patches {
         let lit = norm
             .lits
             .get(p.literal)
             .ok_or_else(|| RouteError::BadKey("literal missing".into()))?;
-        let Some(mut text) = literal_value(sql, lit) else {
+        let Some(text) = literal_value(sql, lit) else {
             return Err(RouteError::BadKey(format!(
                 "shard key literal {} is not a value",
                 &sql[lit.start..lit.end]
             )));
         };
-        if p.negate {
-            text.insert(0, '-');
-        }
-        let key = key_from_text(&text, p.key_type)?;
-        if let Target::Keys { keys, .. } = &mut shapes[p.shape].target {
-            keys[p.key] = KeyRef::Value(key);
-        }
+        let key = if p.negate {
+            key_from_text(&format!("-{text}"), p.key_type)?
+        } else {
+            key_from_text(&text, p.key_type)?
+        };
+        values.push(key);
     }
-    Ok(shapes.into())
+    Ok(Analysis {
+        shapes: t.shapes.clone(),
+        values,
+    })
 }
 
 /// Relation names a statement mentions (FROM, JOIN, subqueries, CTEs, DML targets).
@@ -364,8 +399,8 @@ fn last_part(name: &ObjectName) -> Option<String> {
 /// The analysis of one parsed statement.
 struct StatementAnalysis<'a> {
     analyzer: &'a Analyzer,
+    /// Literal keys of all statements so far (`KeyRef::Literal` indexes it).
     patches: Vec<Patch>,
-    shape: usize,
 }
 
 /// A key expression found in a WHERE or VALUES.
@@ -465,18 +500,16 @@ impl StatementAnalysis<'_> {
         match found {
             Some(keys) if !keys.is_empty() => {
                 let mut refs = Vec::with_capacity(keys.len());
-                for (k, f) in keys.into_iter().enumerate() {
+                for f in keys {
                     refs.push(match f {
                         Found::Known(r) => r,
                         Found::Literal { index, negate } => {
                             self.patches.push(Patch {
-                                shape: self.shape,
-                                key: k,
                                 literal: index,
                                 negate,
                                 key_type: table.key_type,
                             });
-                            KeyRef::Value(KeyValue::Null)
+                            KeyRef::Literal(self.patches.len() - 1)
                         }
                     });
                 }
