@@ -91,4 +91,9 @@ async fn forecast_rises_before_the_observed_rate() {
     let metrics = proxy.admin_get("/metrics");
     assert!(metrics.contains("shardcast_analyzer_predicted_rate{node="));
     assert!(metrics.contains(&format!("partition=\"{hot}\"")));
+    // The status page draws the hot partition's load and names its model.
+    let page = proxy.admin_get("/");
+    assert!(page.contains("Load and forecast"));
+    assert!(page.contains("<polyline"));
+    assert!(page.contains(last["model"].as_str().unwrap()));
 }

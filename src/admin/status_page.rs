@@ -1,5 +1,6 @@
 //! A one-page HTML view: nodes and their pools, and each partition's range,
-//! owner and request count drawn as a bar, refreshed every few seconds.
+//! owner and request count drawn as a bar, each partition's recent load as a
+//! sparkline beside its forecast; refreshed every few seconds.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -68,8 +69,66 @@ pub fn render(shared: &Shared) -> String {
             w * 300 / max
         );
     }
-    html.push_str("</table></body></html>");
+    html.push_str("</table>");
+    forecast_table(shared, &mut html);
+    html.push_str("</body></html>");
     html
+}
+
+/// Each partition's last 30 minutes (10 s buckets) as a sparkline, and its
+/// forecast: the rate now, predicted at the horizon, and the upper bound.
+fn forecast_table(shared: &Shared, html: &mut String) {
+    const POINTS: usize = 180;
+    let f = shared.forecaster.snapshot();
+    let _ = write!(
+        html,
+        "<h2>Load and forecast</h2><p>requests/s; sparkline: last 30 min in 10 s steps; forecast {} s ahead \
+         from {} s buckets (upper bound: quantile {})</p><table><tr><th>id</th><th>node</th>\
+         <th style='width:{POINTS}px'>last 30 min</th><th>now</th><th>predicted</th><th>upper</th><th>model</th>\
+         <th>backtest MASE</th></tr>",
+        f.horizon_secs, f.bucket_secs, f.quantile
+    );
+    let forecasts: std::collections::HashMap<_, _> =
+        f.partitions.iter().map(|p| (p.id, p)).collect();
+    let table = shared.routing.load();
+    for p in table.partitions() {
+        let recent = shared.recorder.recent_10s(p.id, POINTS);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td>",
+            p.id,
+            esc(&table.nodes()[p.node]),
+            sparkline(&recent, POINTS)
+        );
+        match forecasts.get(&p.id) {
+            Some(pf) => {
+                let _ = write!(
+                    html,
+                    "<td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.2}</td></tr>",
+                    pf.current_rate, pf.predicted_rate, pf.upper_rate, pf.model, pf.backtest_mase
+                );
+            }
+            None => html.push_str("<td colspan=5>no forecast yet</td></tr>"),
+        }
+    }
+    html.push_str("</table>");
+}
+
+/// An inline SVG polyline of `values` scaled to its own maximum.
+fn sparkline(values: &[u64], width: usize) -> String {
+    let h = 20.0;
+    let max = values.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let x0 = width.saturating_sub(values.len());
+    let pts: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{},{:.1}", x0 + i, h - (*v as f64 / max) * (h - 1.0)))
+        .collect();
+    format!(
+        "<svg width={width} height={h} style='background:#f6f6f6'><polyline fill=none stroke='#4a7' \
+         points='{}'/></svg>",
+        pts.join(" ")
+    )
 }
 
 fn esc(s: &str) -> String {

@@ -427,6 +427,21 @@ impl Recorder {
             .map(|r| r.history.lock().clone())
     }
 
+    /// Requests in each of a partition's last `n` ten-second buckets, oldest
+    /// first (for the status page; copies only what it returns).
+    pub fn recent_10s(&self, p: PartitionId, n: usize) -> Vec<u64> {
+        let parts = self.parts.load();
+        let Some(Some(rec)) = parts.get(p as usize) else {
+            return Vec::new();
+        };
+        let h = rec.history.lock();
+        let b = &h.per_10s.buckets;
+        b.iter()
+            .skip(b.len().saturating_sub(n))
+            .map(|x| x.requests())
+            .collect()
+    }
+
     /// Every recorded partition's totals, including seconds not yet rolled up.
     pub fn totals(&self) -> Vec<(PartitionId, Bucket)> {
         self.parts
