@@ -85,6 +85,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
             config.forecast.bucket,
             config.forecast.horizon,
             config.forecast.quantile,
+            config.forecast.history,
         )),
         cancels: CancelRegistry::default(),
         config,

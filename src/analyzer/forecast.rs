@@ -100,19 +100,30 @@ pub struct State {
 pub struct Model {
     cfg: ForecastConfig,
     per_day: usize,
-    /// Error memory: ~2 days of steps.
+    /// Error memory of the running backtest: ~2 days of steps by default.
     err_decay: f64,
 }
+
+/// The fewest steps the backtest's error average spans.
+const MIN_ERROR_MEMORY: f64 = 50.0;
 
 impl Model {
     pub fn new(cfg: ForecastConfig) -> Self {
         let per_day = cfg.buckets_per_day();
-        let err_decay = 1.0 - 1.0 / (2.0 * per_day as f64).max(50.0);
+        let err_decay = 1.0 - 1.0 / (2.0 * per_day as f64).max(MIN_ERROR_MEMORY);
         Self {
             cfg,
             per_day,
             err_decay,
         }
+    }
+
+    /// Sets how far back the running backtest looks when it picks a model
+    /// (the mean age of the errors it weighs), in seconds.
+    pub fn with_history(mut self, secs: u64) -> Self {
+        let steps = secs as f64 / self.cfg.bucket_secs.max(1) as f64;
+        self.err_decay = 1.0 - 1.0 / steps.max(MIN_ERROR_MEMORY);
+        self
     }
 
     pub fn config(&self) -> &ForecastConfig {

@@ -58,13 +58,15 @@ pub struct Forecaster {
 }
 
 impl Forecaster {
-    pub fn new(bucket_secs: u64, horizon_secs: u64, quantile: f64) -> Self {
+    /// `history_secs`: how far back the per-partition model choice looks.
+    pub fn new(bucket_secs: u64, horizon_secs: u64, quantile: f64, history_secs: u64) -> Self {
         let horizon = (horizon_secs / bucket_secs.max(1)).max(1) as usize;
         let model = Model::new(ForecastConfig {
             bucket_secs: bucket_secs.max(1),
             horizon,
             quantile,
-        });
+        })
+        .with_history(history_secs);
         Self {
             model,
             series: Mutex::new(HashMap::new()),

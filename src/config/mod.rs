@@ -43,6 +43,10 @@ pub struct ForecastConfig {
     /// The upper bound's quantile (default 0.9).
     #[serde(default = "defaults::quantile")]
     pub quantile: f64,
+    /// How far back each partition's running backtest looks when it picks
+    /// a model (default `2d`): long enough to have seen a daily cycle.
+    #[serde(default = "defaults::history", deserialize_with = "duration")]
+    pub history: u64,
 }
 
 impl Default for ForecastConfig {
@@ -52,6 +56,7 @@ impl Default for ForecastConfig {
             horizon: defaults::horizon(),
             interval: None,
             quantile: defaults::quantile(),
+            history: defaults::history(),
         }
     }
 }
@@ -231,6 +236,9 @@ mod defaults {
     }
     pub fn quantile() -> f64 {
         0.9
+    }
+    pub fn history() -> u64 {
+        2 * 86_400
     }
     pub fn yes() -> bool {
         true

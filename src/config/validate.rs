@@ -66,6 +66,7 @@ const FORECAST: &[Field] = &[
     f("horizon", Ty::Str, false),
     f("interval", Ty::Str, false),
     f("quantile", Ty::Float, false),
+    f("history", Ty::Str, false),
 ];
 const ROOT: &[Field] = &[
     f("proxy", Ty::Table(PROXY), true),
@@ -296,7 +297,12 @@ impl Walk<'_> {
                 self.issue(key, self.at(key), m);
             }
         }
-        for key in ["forecast.bucket", "forecast.horizon", "forecast.interval"] {
+        for key in [
+            "forecast.bucket",
+            "forecast.horizon",
+            "forecast.interval",
+            "forecast.history",
+        ] {
             if let Some(d) = self.get(key).map(str::to_string) {
                 if super::parse_duration(&d).is_none() {
                     self.issue(
@@ -450,5 +456,17 @@ partitions = 16
         );
         let syntax = issues("[proxy\nlisten = ");
         assert_eq!(syntax[0], ("(syntax)".to_string(), 1));
+    }
+
+    #[test]
+    fn forecast_section() {
+        let good =
+            format!("{GOOD}\n[forecast]\nbucket = \"1m\"\nhistory = \"3d\"\nquantile = 0.9\n");
+        assert_eq!(issues(&good), vec![]);
+        let c = crate::config::Config::parse(&good).unwrap();
+        assert_eq!(c.forecast.history, 3 * 86_400);
+        let bad = format!("{GOOD}\n[forecast]\nhistory = \"two days\"\nquantile = 1.5\n");
+        let got: Vec<String> = issues(&bad).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(got, vec!["forecast.history", "forecast.quantile"]);
     }
 }
