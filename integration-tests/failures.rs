@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Proxy};
+use crate::harness::{node_of_int8, Cluster, Proxy};
 
 /// Reads whatever the proxy answers until it closes the connection.
 fn exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
@@ -82,18 +82,7 @@ async fn a_dead_node_fails_only_its_statements() {
         .start(&cluster);
     let c = proxy.client().await;
     let routing = proxy.routing();
-    let node_of = |id: i64| {
-        let h = shardcast::ring::hash::hash_int8(id);
-        routing["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["lo"].as_i64().unwrap() <= h && h <= p["hi"].as_i64().unwrap())
-            .unwrap()["node"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let node_of = |id: i64| node_of_int8(&routing, id);
     let on1 = (1..1000).find(|i| node_of(*i) == "n1").unwrap();
     let on0 = (1..1000).find(|i| node_of(*i) == "n0").unwrap();
     cluster.nodes[1].stop();

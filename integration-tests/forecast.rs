@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Proxy};
+use crate::harness::{partition_of, Cluster, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forecast_rises_before_the_observed_rate() {
@@ -17,18 +17,9 @@ async fn forecast_rises_before_the_observed_rate() {
     c.execute("INSERT INTO accounts VALUES (1, 0)", &[])
         .await
         .unwrap();
-    let hot = {
-        let h = shardcast::ring::hash::hash_int8(1);
-        let r = proxy.routing();
-        r["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["lo"].as_i64().unwrap() <= h && h <= p["hi"].as_i64().unwrap())
-            .unwrap()["id"]
-            .as_u64()
-            .unwrap()
-    };
+    let hot = partition_of(&proxy.routing(), shardcast::ring::hash::hash_int8(1))["id"]
+        .as_u64()
+        .unwrap();
 
     // Load on the hot key ramps up: 4/s, then 3/s more every second.
     let load = tokio::spawn(async move {

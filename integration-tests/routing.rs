@@ -1,6 +1,6 @@
 //! Rows land on the node `/api/routing` names; reads without a key see all.
 
-use crate::harness::{Cluster, Proxy};
+use crate::harness::{partition_of, Cluster, Proxy};
 
 const SCHEMA: &str =
     "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance bigint NOT NULL DEFAULT 0);
@@ -8,13 +8,10 @@ const SCHEMA: &str =
                       CREATE TABLE settings (k text PRIMARY KEY, v text);";
 
 fn owner_of(routing: &serde_json::Value, hash: i64) -> String {
-    routing["partitions"]
-        .as_array()
+    partition_of(routing, hash)["node"]
+        .as_str()
         .unwrap()
-        .iter()
-        .find(|p| p["lo"].as_i64().unwrap() <= hash && hash <= p["hi"].as_i64().unwrap())
-        .map(|p| p["node"].as_str().unwrap().to_string())
-        .expect("partitions cover the hash space")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

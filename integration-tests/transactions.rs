@@ -1,22 +1,11 @@
 //! Transactions stick to one node; crossing shards aborts cleanly.
 
-use crate::harness::{Cluster, Proxy};
+use crate::harness::{node_of_int8, Cluster, Proxy};
 
 /// Two ids that hash to different nodes under the proxy's routing.
 async fn ids_on_two_nodes(proxy: &Proxy) -> (i64, i64) {
     let routing = proxy.routing();
-    let node_of = |id: i64| {
-        let h = shardcast::ring::hash::hash_int8(id);
-        routing["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["lo"].as_i64().unwrap() <= h && h <= p["hi"].as_i64().unwrap())
-            .unwrap()["node"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let node_of = |id: i64| node_of_int8(&routing, id);
     let a = 1;
     let b = (2..1000).find(|b| node_of(*b) != node_of(a)).unwrap();
     (a, b)

@@ -10,6 +10,22 @@ pub mod proxy;
 pub use pg::Cluster;
 pub use proxy::Proxy;
 
+/// The partition of `/api/routing` (as JSON) whose inclusive range holds `hash`.
+pub fn partition_of(routing: &serde_json::Value, hash: i64) -> &serde_json::Value {
+    routing["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["lo"].as_i64().unwrap() <= hash && hash <= p["hi"].as_i64().unwrap())
+        .expect("partitions cover the hash space")
+}
+
+/// The node `/api/routing` names for a bigint key.
+pub fn node_of_int8(routing: &serde_json::Value, id: i64) -> String {
+    let p = partition_of(routing, shardcast::ring::hash::hash_int8(id));
+    p["node"].as_str().unwrap().to_string()
+}
+
 /// A free TCP port on 127.0.0.1 (bind to 0 and let the OS choose).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -65,6 +65,25 @@ static CLASS: [u8; 256] = {
     t
 };
 
+/// From just inside an opening `quote`, the index just past the closing one
+/// (a doubled quote is part of the text; with `backslash`, so is any
+/// backslash-escaped byte). Unterminated text runs to the end.
+fn skip_quoted(b: &[u8], mut i: usize, quote: u8, backslash: bool) -> usize {
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == quote {
+            if b.get(i + 1) != Some(&quote) {
+                return i + 1;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
 fn is_ident_start(c: u8) -> bool {
     CLASS[c as usize] & IDENT_START != 0
 }
@@ -164,45 +183,22 @@ pub fn normalize_into(sql: &str, n: &mut Normalized) {
                 _ => LitKind::Other,
             };
             let start = i;
-            let backslash = kind == LitKind::EStr;
-            i += if c == b'\'' { 1 } else { 2 };
-            while i < b.len() {
-                if backslash && b[i] == b'\\' {
-                    i += 2;
-                    continue;
-                }
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
-            let end = i.min(b.len());
-            n.lits.push(Lit { start, end, kind });
+            let open = if c == b'\'' { 1 } else { 2 };
+            i = skip_quoted(b, i + open, b'\'', kind == LitKind::EStr);
+            n.lits.push(Lit {
+                start,
+                end: i,
+                kind,
+            });
             n.key.push('\u{2}');
             continue;
         }
         if unicode_string {
             let start = i;
-            i += 3;
-            while i < b.len() {
-                if b[i] == b'\'' {
-                    if b.get(i + 1) == Some(&b'\'') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
+            i = skip_quoted(b, i + 3, b'\'', false);
             n.lits.push(Lit {
                 start,
-                end: i.min(b.len()),
+                end: i,
                 kind: LitKind::Other,
             });
             n.key.push('\u{2}');
@@ -241,19 +237,8 @@ pub fn normalize_into(sql: &str, n: &mut Normalized) {
         // Quoted identifiers are copied as they are.
         if c == b'"' {
             let start = i;
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'"' {
-                    if b.get(i + 1) == Some(&b'"') {
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                i += 1;
-            }
-            n.key.push_str(&sql[start..i.min(b.len())]);
+            i = skip_quoted(b, i + 1, b'"', false);
+            n.key.push_str(&sql[start..i]);
             continue;
         }
         // Numbers (not inside identifiers: those are consumed below).

@@ -50,6 +50,20 @@ pub enum Command {
 }
 
 impl Command {
+    /// Session and transaction control: never touches a table.
+    pub fn needs_no_table(self) -> bool {
+        matches!(
+            self,
+            Command::Begin
+                | Command::Commit
+                | Command::Rollback
+                | Command::Savepoint
+                | Command::Set
+                | Command::Reset
+                | Command::Show
+        )
+    }
+
     pub fn is_write(self) -> bool {
         matches!(
             self,
@@ -310,16 +324,7 @@ impl Analyzer {
             ("copy", _) => Command::Copy,
             _ => Command::Other,
         };
-        if matches!(
-            command,
-            Command::Begin
-                | Command::Commit
-                | Command::Rollback
-                | Command::Savepoint
-                | Command::Set
-                | Command::Reset
-                | Command::Show
-        ) {
+        if command.needs_no_table() {
             return Shape {
                 command,
                 target: Target::NoTable,
@@ -411,21 +416,8 @@ enum Found {
 
 impl StatementAnalysis<'_> {
     fn statement(&mut self, s: &Statement) -> Result<Shape, RouteError> {
-        self.statement_inner(s)
-    }
-
-    fn statement_inner(&mut self, s: &Statement) -> Result<Shape, RouteError> {
         let command = classify(s);
-        if matches!(
-            command,
-            Command::Begin
-                | Command::Commit
-                | Command::Rollback
-                | Command::Savepoint
-                | Command::Set
-                | Command::Reset
-                | Command::Show
-        ) {
+        if command.needs_no_table() {
             return Ok(Shape {
                 command,
                 target: Target::NoTable,
