@@ -5,6 +5,7 @@
 mod harness;
 
 mod clients;
+mod differential;
 mod failures;
 mod forecast;
 mod hash_compat;

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod config;
 pub mod demo;
 pub mod frontend;
+pub mod merge;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

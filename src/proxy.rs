@@ -66,6 +66,8 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     }
     let mut analyzer = Analyzer::new(&config.tables);
     learn_key_positions(&config, &pools, &mut analyzer).await;
+    let mut merge_catalog = crate::merge::Catalog::new(&config.tables);
+    merge_catalog.add_aggregates(aggregate_names(&pools).await);
     let metrics = Arc::new(Metrics::new(&names));
     let recorder = Arc::new(Recorder::new(
         config.recorder.enabled,
@@ -88,8 +90,46 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
             config.forecast.history,
         )),
         cancels: CancelRegistry::default(),
+        merge_catalog,
+        type_names: Default::default(),
         config,
     }))
+}
+
+/// A catalog connection to the first node that answers.
+async fn catalog_client(pools: &[Arc<Pool>]) -> Option<tokio_postgres::Client> {
+    for pool in pools {
+        let t = &pool.target;
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&t.host)
+            .port(t.port)
+            .user(&t.user)
+            .dbname(&t.dbname)
+            .application_name("shardcast-catalog");
+        if let Some(p) = &t.password {
+            cfg.password(p);
+        }
+        if let Ok(Ok((client, conn))) =
+            tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls)).await
+        {
+            tokio::spawn(conn);
+            return Some(client);
+        }
+    }
+    None
+}
+
+/// The names of every aggregate function a node knows (user-defined ones
+/// included), so a cross-shard read never mistakes one for a scalar.
+async fn aggregate_names(pools: &[Arc<Pool>]) -> Vec<String> {
+    let Some(client) = catalog_client(pools).await else {
+        return Vec::new();
+    };
+    let sql = "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc WHERE prokind = 'a'";
+    match client.query(sql, &[]).await {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Reads each sharded table's column order from the first node that has

@@ -25,6 +25,31 @@ pub struct Config {
     pub recorder: RecorderConfig,
     #[serde(default)]
     pub forecast: ForecastConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// How statements that need several shards are answered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Most partial rows a cross-shard read may gather for its final step
+    /// (sorting, grouping); beyond it the read is refused, not truncated.
+    #[serde(default = "defaults::merge_max_rows")]
+    pub merge_max_rows: usize,
+    /// UPDATE/DELETE without the shard key run on every node (default on);
+    /// off, they are refused.
+    #[serde(default = "defaults::yes")]
+    pub allow_multi_shard_writes: bool,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            merge_max_rows: defaults::merge_max_rows(),
+            allow_multi_shard_writes: true,
+        }
+    }
 }
 
 /// The forecaster: how load is bucketed, how far ahead it looks.
@@ -137,6 +162,18 @@ pub enum KeyType {
     Uuid,
 }
 
+impl KeyType {
+    /// Equal keys of these two types hash alike (an int8 in int4 range
+    /// hashes like that int4), so a join on them is co-located.
+    pub fn hash_compatible(self, other: KeyType) -> bool {
+        use KeyType::*;
+        matches!(
+            (self, other),
+            (Bigint | Integer, Bigint | Integer) | (Text, Text) | (Uuid, Uuid)
+        )
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
@@ -214,6 +251,9 @@ pub struct UserConfig {
 
 /// Defaults live in one place.
 mod defaults {
+    pub fn merge_max_rows() -> usize {
+        100_000
+    }
     pub fn partitions() -> u32 {
         16
     }

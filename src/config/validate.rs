@@ -68,6 +68,10 @@ const FORECAST: &[Field] = &[
     f("quantile", Ty::Float, false),
     f("history", Ty::Str, false),
 ];
+const ROUTING: &[Field] = &[
+    f("merge_max_rows", Ty::Int, false),
+    f("allow_multi_shard_writes", Ty::Bool, false),
+];
 const ROOT: &[Field] = &[
     f("proxy", Ty::Table(PROXY), true),
     f("nodes", Ty::Tables(NODE), true),
@@ -77,6 +81,7 @@ const ROOT: &[Field] = &[
     f("auth", Ty::Table(AUTH), false),
     f("recorder", Ty::Table(RECORDER), false),
     f("forecast", Ty::Table(FORECAST), false),
+    f("routing", Ty::Table(ROUTING), false),
 ];
 
 /// What the walk found: issues, and the span of every scalar by key path.
@@ -292,6 +297,7 @@ impl Walk<'_> {
             ("proxy.workers", 1024),
             ("pool.checkout_timeout_ms", 3_600_000),
             ("recorder.history_minutes", 60 * 24 * 366),
+            ("routing.merge_max_rows", 100_000_000),
         ] {
             if let Some(m) = positive(self, key, max) {
                 self.issue(key, self.at(key), m);

@@ -68,6 +68,9 @@ impl Session {
                 }
                 // Boxed: a large, rarer future that would otherwise bloat (and be
                 // copied with) every single-node statement's future.
+                if !d.write {
+                    return Box::pin(self.fanout_read(work, started)).await;
+                }
                 return Box::pin(self.fanout(work, started)).await;
             }
             Dest::Anywhere => (
@@ -165,7 +168,7 @@ impl Session {
 
     /// What a connection needs before the client's work: the client's
     /// session settings, and a deferred BEGIN with its queued statements.
-    fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+    pub(super) fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
         let fp = self.settings.fingerprint();
         if conn.session != fp {
             out.extend_from_slice(&encode_query(&self.settings.sync_sql()).bytes);
@@ -181,7 +184,7 @@ impl Session {
     }
 
     /// Relays replies until the exchange is done; returns (rows, saw error).
-    async fn pump(
+    pub(super) async fn pump(
         &mut self,
         conn: &mut ServerConn,
         ex: &mut Exchange,
@@ -255,7 +258,11 @@ impl Session {
     }
 
     /// Runs a read on every node and merges the replies.
-    async fn fanout(&mut self, work: Work<'_>, started: Instant) -> Result<Outcome, FrontendError> {
+    pub(super) async fn fanout(
+        &mut self,
+        work: Work<'_>,
+        started: Instant,
+    ) -> Result<Outcome, FrontendError> {
         let mut conns: Vec<Checkout> = Vec::with_capacity(self.shared.pools.len());
         // Pools are taken in node order so two fan-outs cannot deadlock.
         for pool in self.shared.pools.clone().iter() {

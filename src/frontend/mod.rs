@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod error;
 pub mod exchange;
 pub mod execute;
+pub mod merged;
 pub mod route;
 pub mod session;
 pub mod settings;
@@ -39,4 +40,8 @@ pub struct Shared {
     pub recorder: Arc<crate::analyzer::Recorder>,
     pub forecaster: Arc<crate::analyzer::Forecaster>,
     pub cancels: CancelRegistry,
+    /// What the cross-shard query engine knows of tables and aggregates.
+    pub merge_catalog: crate::merge::Catalog,
+    /// Type names for the engine's final queries, learned from the nodes.
+    pub type_names: crate::merge::TypeNames,
 }

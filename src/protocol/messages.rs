@@ -57,9 +57,25 @@ pub struct Bind<'a> {
     params: SmallVec<[Option<&'a [u8]>; 4]>,
     /// Everything after the statement name, to re-emit on rename.
     after_names: &'a [u8],
+    /// Where the result-format section starts in `after_names`.
+    results_at: usize,
 }
 
 impl<'a> Bind<'a> {
+    /// Parameter formats and values as sent (without the result formats),
+    /// to bind the same values to another statement.
+    pub fn params_section(&self) -> &'a [u8] {
+        &self.after_names[..self.results_at]
+    }
+
+    /// The result format codes the client asked for.
+    pub fn result_formats(&self) -> SmallVec<[i16; 4]> {
+        self.after_names[self.results_at + 2..]
+            .chunks(2)
+            .map(|c| i16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    }
+
     pub fn param_count(&self) -> usize {
         self.params.len()
     }
@@ -115,6 +131,7 @@ pub fn parse_bind(f: &Frame) -> Result<Bind<'_>, ProtocolError> {
             Some(r.bytes(len as usize)?)
         });
     }
+    let results_at = after_names.len() - r.rest().len();
     let nr = r.i16()?;
     if nr < 0 || r.rest().len() != nr as usize * 2 {
         return Err(ProtocolError::Malformed {
@@ -128,6 +145,7 @@ pub fn parse_bind(f: &Frame) -> Result<Bind<'_>, ProtocolError> {
         formats,
         params,
         after_names,
+        results_at,
     })
 }
 

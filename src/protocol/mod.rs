@@ -5,6 +5,7 @@
 
 pub mod framing;
 pub mod messages;
+pub mod rows;
 pub mod sqlstate;
 pub mod startup;
 

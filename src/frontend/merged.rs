@@ -1,0 +1,250 @@
+//! The seam between the frontend and the query engine (`crate::merge`):
+//! a read that runs on every node is concatenated when that is exact,
+//! merged when it must be, refused (`0A000`) when it cannot be done
+//! exactly. This file only translates between the client's messages and
+//! the engine's request and answer.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::batch::Msg;
+use super::error::FrontendError;
+use super::exchange::Exchange;
+use super::execute::{Outcome, Work};
+use super::session::Session;
+use crate::backend::Checkout;
+use crate::merge::{self, Fanout, MergeError, Merged, Request};
+use crate::protocol::framing::Reader;
+use crate::protocol::messages::{
+    bind_complete, close_complete, command_complete, parse_bind, parse_complete, parse_error,
+    parse_parse, parse_query, ready_for_query,
+};
+use crate::protocol::rows::with_formats;
+use crate::protocol::{sqlstate, Frame};
+
+fn refused(message: String) -> FrontendError {
+    FrontendError::route(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        message,
+        "add the shard key to the WHERE clause so the query runs on one shard, or simplify it"
+            .into(),
+    )
+}
+
+impl Session {
+    /// A read with no shard key: every node's rows, exactly combined.
+    pub(super) async fn fanout_read(
+        &mut self,
+        work: Work<'_>,
+        started: Instant,
+    ) -> Result<Outcome, FrontendError> {
+        let sql = match &work {
+            Work::Simple(f) => parse_query(f)?,
+            Work::Batch(msgs, _) => match executed_statement(msgs) {
+                Some((stmt, _)) => stmt,
+                // A prepare (Describe without Execute): any node describes it.
+                None => return self.fanout(work, started).await,
+            },
+        };
+        let plan = match merge::plan(sql, &self.shared.merge_catalog) {
+            Ok(Fanout::Concat) => return self.fanout(work, started).await,
+            Ok(Fanout::Merge(p)) => p,
+            Err(r) => return Err(refused(r.0)),
+        };
+        let mut conns: Vec<Checkout> = Vec::with_capacity(self.shared.pools.len());
+        for pool in self.shared.pools.clone().iter() {
+            conns.push(pool.checkout().await?);
+        }
+        self.set_cancel(&conns.iter().collect::<Vec<_>>());
+        let result = self.merge_on(&mut conns, &plan, work).await;
+        self.set_cancel(&[]);
+        if matches!(result, Err(FrontendError::Backend(_))) {
+            for c in &mut conns {
+                c.reusable = false;
+            }
+        }
+        self.shared
+            .metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn merge_on(
+        &mut self,
+        conns: &mut [Checkout],
+        plan: &merge::Plan,
+        work: Work<'_>,
+    ) -> Result<Outcome, FrontendError> {
+        // The client's session settings on every connection first.
+        for c in conns.iter_mut() {
+            let mut out = BytesMut::new();
+            let mut ex = Exchange::default();
+            self.prelude(c, &mut out, &mut ex);
+            if !ex.is_empty() {
+                c.write_all(&out).await?;
+                self.pump(c, &mut ex).await?;
+            }
+        }
+        let max = self.shared.config.routing.merge_max_rows;
+        match work {
+            Work::Simple(f) => {
+                let sql = parse_query(f)?;
+                let r = merge::run(
+                    plan,
+                    &Request::simple(sql),
+                    conns,
+                    &self.shared.type_names,
+                    max,
+                )
+                .await;
+                match r {
+                    Ok(m) => {
+                        self.write(&m.description);
+                        self.write_rows(&m);
+                        self.write(&ready_for_query(b'I'));
+                        Ok(Outcome { error: false })
+                    }
+                    Err(e) => self.merge_failed(e).map(|_| {
+                        self.write(&ready_for_query(b'I'));
+                        Outcome { error: true }
+                    }),
+                }
+            }
+            Work::Batch(msgs, _) => self.merge_batch(conns, plan, msgs, max).await,
+        }
+    }
+
+    fn write_rows(&mut self, m: &Merged) {
+        for r in &m.rows {
+            self.write(r);
+        }
+        self.write(&command_complete(&format!("SELECT {}", m.rows.len())));
+    }
+
+    /// A node's error reaches the client as sent; a refusal becomes 0A000;
+    /// a lost node is the caller's to report.
+    fn merge_failed(&mut self, e: MergeError) -> Result<(), FrontendError> {
+        match e {
+            MergeError::Server(f) => {
+                self.shared.metrics.error(&parse_error(&f).code, "server");
+                self.write(&f);
+                Ok(())
+            }
+            MergeError::Refused(r) => {
+                let e = refused(r.0);
+                self.shared.metrics.error(e.sqlstate(), "proxy");
+                self.write(&e.to_frame());
+                Ok(())
+            }
+            MergeError::Backend(b) => Err(b.into()),
+        }
+    }
+
+    /// The extended protocol: one statement bound and executed, with any
+    /// Parse, Describe, Close, Flush and Sync around it, answered in order
+    /// as a server would.
+    async fn merge_batch(
+        &mut self,
+        conns: &mut [Checkout],
+        plan: &merge::Plan,
+        msgs: &[Msg],
+        max: usize,
+    ) -> Result<Outcome, FrontendError> {
+        let Some((sql, bind)) = executed_statement(msgs) else {
+            return Err(refused(
+                "a cross-shard query that needs merging must be bound and executed once per Sync"
+                    .into(),
+            ));
+        };
+        let b = parse_bind(bind)?;
+        let stmt = msgs.iter().find_map(|m| match m {
+            Msg::Bind { stmt, .. } => Some(stmt.clone()),
+            _ => None,
+        });
+        let stmt = stmt.expect("executed_statement found a Bind");
+        let parse = parse_parse(&stmt.parse)?;
+        let formats = b.result_formats();
+        let req = Request {
+            sql,
+            param_types: parse.param_types,
+            params: b.params_section(),
+            result_formats: &formats,
+        };
+        let r = merge::run(plan, &req, conns, &self.shared.type_names, max).await;
+        let (merged, failure) = match r {
+            Ok(m) => (Some(m), None),
+            Err(e) => (None, Some(e)),
+        };
+        let failed = failure.is_some();
+        let mut failure = failure;
+        let mut skipping = false;
+        for m in msgs {
+            let tag = match m {
+                Msg::Parse(_) => b'P',
+                Msg::Bind { .. } => b'B',
+                Msg::DescribeStmt(_) => b'd',
+                Msg::CloseStmt => b'C',
+                Msg::Raw { frame, .. } => frame.tag,
+            };
+            if tag == b'S' {
+                skipping = false;
+                self.write(&ready_for_query(b'I'));
+                continue;
+            }
+            if skipping {
+                continue;
+            }
+            match (tag, &merged) {
+                (b'P', _) => self.write(&parse_complete()),
+                (b'B', _) => self.write(&bind_complete()),
+                (b'C', _) => self.write(&close_complete()),
+                (b'd', Some(m)) => {
+                    self.write(&m.parameters);
+                    self.write(&with_formats(&m.description, &[])?);
+                }
+                (b'D', Some(m)) => self.write(&m.description),
+                (b'E', Some(m)) => self.write_rows(m),
+                (b'd' | b'D' | b'E', None) => {
+                    // Where a server would fail: at Describe or Execute.
+                    if let Some(e) = failure.take() {
+                        self.merge_failed(e)?;
+                    }
+                    skipping = true;
+                }
+                _ => {}
+            }
+        }
+        Ok(Outcome { error: failed })
+    }
+}
+
+/// The SQL and Bind frame of the one statement a batch executes, if the
+/// batch is one Bind + one Execute (with Parse/Describe/Close around).
+fn executed_statement(msgs: &[Msg]) -> Option<(&str, &Frame)> {
+    let mut bind = None;
+    let mut executes = 0;
+    for m in msgs {
+        match m {
+            Msg::Bind { stmt, frame } => {
+                if bind.is_some() {
+                    return None;
+                }
+                bind = Some((stmt.sql.as_str(), frame));
+            }
+            Msg::Raw { frame, .. } if frame.tag == b'E' => {
+                executes += 1;
+                // All rows at once: a row-limited Execute would need a
+                // suspended portal the merge does not keep.
+                let mut r = Reader::new(b'E', frame.body());
+                let _ = r.cstr();
+                if r.i32().ok() != Some(0) {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    (executes == 1).then_some(bind?)
+}
