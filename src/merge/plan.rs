@@ -1124,3 +1124,127 @@ fn expand(pieces: Vec<Piece>, subs: &[Vec<Piece>]) -> Vec<Piece> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        Catalog::new(&[
+            TableConfig {
+                name: "items".into(),
+                shard_key: "id".into(),
+                key_type: KeyType::Bigint,
+            },
+            TableConfig {
+                name: "orders".into(),
+                shard_key: "item_id".into(),
+                key_type: KeyType::Bigint,
+            },
+        ])
+    }
+
+    fn merge(sql: &str) -> Plan {
+        match plan(sql, &catalog()) {
+            Ok(Fanout::Merge(p)) => p,
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+
+    fn refused(sql: &str) -> String {
+        match plan(sql, &catalog()) {
+            Err(r) => r.0,
+            other => panic!("{sql} should be refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn row_wise_reads_are_concatenated() {
+        for sql in [
+            "SELECT * FROM items WHERE qty > 3",
+            "SELECT i.id, c.label FROM items i JOIN cats c ON c.grp = i.grp",
+            "SELECT * FROM (SELECT id, qty FROM items WHERE qty > 1) s WHERE s.qty < 9",
+            "SELECT i.id FROM items i JOIN orders o ON o.item_id = i.id",
+            "CREATE INDEX ON items (qty)",
+        ] {
+            assert_eq!(plan(sql, &catalog()), Ok(Fanout::Concat), "{sql}");
+        }
+    }
+
+    #[test]
+    fn aggregates_push_partials_down() {
+        let p = merge("SELECT grp, count(*), avg(qty) FROM items WHERE qty > 0 GROUP BY grp HAVING count(*) > 2 ORDER BY 2 DESC LIMIT 3");
+        assert_eq!(
+            p.partial,
+            "SELECT grp, count(*), sum(qty), count(qty) FROM items WHERE qty > 0 GROUP BY 1"
+        );
+        assert!(p.final_query.contains(&Piece::Avg { sum: 2, count: 3 }));
+        // count(*) in HAVING reuses the select list's partial column.
+        let text: String = p
+            .final_query
+            .iter()
+            .filter_map(|x| match x {
+                Piece::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            text.contains("HAVING CAST(coalesce(sum(_sc.c2), 0) AS int8) > 2"),
+            "{text}"
+        );
+        assert!(text.ends_with("ORDER BY 2 DESC LIMIT 3"), "{text}");
+    }
+
+    #[test]
+    fn distinct_aggregates_group_by_their_argument() {
+        let p = merge("SELECT count(*), count(DISTINCT grp) FROM items");
+        assert_eq!(p.partial, "SELECT grp, count(*) FROM items GROUP BY 1");
+    }
+
+    #[test]
+    fn limits_push_down_as_limit_plus_offset_with_sort_keys() {
+        let p = merge("SELECT id, name FROM items ORDER BY qty DESC, id LIMIT 5 OFFSET 10");
+        assert_eq!(
+            p.partial,
+            "SELECT id, name, qty AS _sc_o0, id AS _sc_o1 FROM items ORDER BY qty DESC, id LIMIT (5) + (10)"
+        );
+        assert_eq!(p.hidden, 2);
+    }
+
+    #[test]
+    fn what_cannot_be_merged_exactly_is_refused_by_name() {
+        assert!(
+            refused("SELECT id, rank() OVER (ORDER BY qty) FROM items").contains("window function")
+        );
+        assert!(refused("SELECT string_agg(name, ',') FROM items").contains("string_agg"));
+        assert!(
+            refused("SELECT * FROM items WHERE qty > (SELECT avg(qty) FROM items)")
+                .contains("sub-query")
+        );
+        assert!(
+            refused("SELECT a.id FROM items a JOIN items b ON a.grp = b.grp")
+                .contains("shard keys")
+        );
+        assert!(
+            refused("SELECT c.label FROM cats c LEFT JOIN items i ON i.grp = c.grp")
+                .contains("outer join")
+        );
+        assert!(refused("SELECT grp FROM items UNION SELECT grp FROM items").contains("UNION"));
+        assert!(
+            refused("SELECT count(*) FROM (SELECT DISTINCT grp FROM items) d")
+                .contains("sub-select")
+        );
+        assert!(refused("SELECT qty, count(*) FROM items GROUP BY grp").contains("qty"));
+    }
+
+    #[test]
+    fn user_defined_aggregates_are_known_as_aggregates() {
+        let mut c = catalog();
+        assert_eq!(
+            plan("SELECT my_agg(qty) FROM items", &c),
+            Ok(Fanout::Concat)
+        );
+        c.add_aggregates(["my_agg".to_string()]);
+        assert!(plan("SELECT my_agg(qty) FROM items", &c).is_err());
+    }
+}
