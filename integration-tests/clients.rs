@@ -46,7 +46,12 @@ fn psql_session() {
         "{t}"
     );
     // A refusal reaches psql as an ERROR with its SQLSTATE.
-    let out = proxy.psql(&["-v", "VERBOSITY=verbose", "-c", "DELETE FROM accounts"]);
+    let out = proxy.psql(&[
+        "-v",
+        "VERBOSITY=verbose",
+        "-c",
+        "INSERT INTO accounts SELECT 1000, 'y'",
+    ]);
     let t = text(&out);
     assert!(!out.status.success());
     assert!(t.contains("0A000") && t.contains("shard key"), "{t}");

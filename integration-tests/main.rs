@@ -9,6 +9,7 @@ mod differential;
 mod failures;
 mod forecast;
 mod hash_compat;
+mod multiwrite;
 mod pooling;
 mod routing;
 mod transactions;

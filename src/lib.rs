@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod analyzer;
 pub mod backend;
+pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod frontend;

@@ -68,6 +68,12 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     learn_key_positions(&config, &pools, &mut analyzer).await;
     let mut merge_catalog = crate::merge::Catalog::new(&config.tables);
     merge_catalog.add_aggregates(aggregate_names(&pools).await);
+    let two_phase = two_phase(&config, &pools).await;
+    if two_phase {
+        if let Err(e) = crate::catalog::bootstrap(&pools).await {
+            warn!(error = %e, "catalog schema not created; multi-node writes will fail until the catalog node is back");
+        }
+    }
     let metrics = Arc::new(Metrics::new(&names));
     let recorder = Arc::new(Recorder::new(
         config.recorder.enabled,
@@ -92,6 +98,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         cancels: CancelRegistry::default(),
         merge_catalog,
         type_names: Default::default(),
+        two_phase,
         config,
     }))
 }
@@ -99,24 +106,39 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
 /// A catalog connection to the first node that answers.
 async fn catalog_client(pools: &[Arc<Pool>]) -> Option<tokio_postgres::Client> {
     for pool in pools {
-        let t = &pool.target;
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&t.host)
-            .port(t.port)
-            .user(&t.user)
-            .dbname(&t.dbname)
-            .application_name("shardcast-catalog");
-        if let Some(p) = &t.password {
-            cfg.password(p);
-        }
-        if let Ok(Ok((client, conn))) =
-            tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls)).await
-        {
-            tokio::spawn(conn);
-            return Some(client);
+        if let Some(c) = crate::catalog::client(pool).await {
+            return Some(c);
         }
     }
     None
+}
+
+/// Two-phase commit is on when configured so, or (unset) when every node
+/// allows prepared transactions.
+async fn two_phase(config: &Config, pools: &[Arc<Pool>]) -> bool {
+    if let Some(on) = config.transactions.two_phase {
+        return on;
+    }
+    for pool in pools {
+        let Some(c) = crate::catalog::client(pool).await else {
+            return false;
+        };
+        let n: i64 = match c
+            .query_one(
+                "SELECT current_setting('max_prepared_transactions')::int8",
+                &[],
+            )
+            .await
+        {
+            Ok(r) => r.get(0),
+            Err(_) => 0,
+        };
+        if n == 0 {
+            info!(node = %pool.target.name, "max_prepared_transactions = 0: multi-node writes are not atomic (no two-phase commit)");
+            return false;
+        }
+    }
+    true
 }
 
 /// The names of every aggregate function a node knows (user-defined ones
@@ -192,6 +214,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let rollup_task = tokio::spawn(rollup(shared.clone(), stop_rx.clone()));
     let forecast_task = tokio::spawn(forecast(shared.clone(), stop_rx.clone()));
     let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
+    let recovery_task = tokio::spawn(recover_in_doubt(shared.clone(), stop_rx.clone()));
 
     shutdown_signal().await;
     info!("shutting down");
@@ -200,7 +223,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = admin_task.await;
     let _ = rollup_task.await;
     let _ = forecast_task.await;
+    let _ = recovery_task.await;
     Ok(())
+}
+
+/// At startup and then periodically: resolve prepared transactions whose
+/// coordinator is gone (see `catalog::twophase`).
+async fn recover_in_doubt(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if !shared.two_phase {
+        return;
+    }
+    let after = Duration::from_secs(shared.config.transactions.recover_after);
+    info!(
+        recover_after_secs = after.as_secs(),
+        "in-doubt transaction recovery started"
+    );
+    loop {
+        match crate::catalog::twophase::recover(&shared.pools, after).await {
+            Ok(r) if r.committed + r.rolled_back > 0 => {
+                info!(
+                    committed = r.committed,
+                    rolled_back = r.rolled_back,
+                    "in-doubt transactions resolved"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "in-doubt transaction recovery failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(after.max(Duration::from_secs(2)) / 2) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    info!("in-doubt transaction recovery stopped");
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

@@ -12,6 +12,7 @@ pub struct ProxyBuilder {
     partitions: u32,
     pool_size: usize,
     extra: String,
+    env: Vec<(String, String)>,
 }
 
 impl Default for ProxyBuilder {
@@ -21,6 +22,7 @@ impl Default for ProxyBuilder {
             partitions: 16,
             pool_size: 20,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -38,6 +40,12 @@ impl ProxyBuilder {
         self.pool_size = n;
         self
     }
+    /// An environment variable for the proxy process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Raw TOML appended to the config (extra sections).
     pub fn extra(mut self, toml: &str) -> Self {
         self.extra.push_str(toml);
@@ -81,6 +89,7 @@ impl ProxyBuilder {
             let child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
                 .args(["run", "--config", cfg.to_str().unwrap()])
                 .env("SHARDCAST_LOG", "info")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::from(log.try_clone().unwrap()))
                 .stderr(Stdio::from(log))
                 .spawn()

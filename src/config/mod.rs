@@ -27,6 +27,31 @@ pub struct Config {
     pub forecast: ForecastConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub transactions: TransactionsConfig,
+}
+
+/// Atomicity of statements that change rows on several nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsConfig {
+    /// Two-phase commit for multi-node writes. Unset: on when every node
+    /// allows prepared transactions (`max_prepared_transactions > 0`).
+    #[serde(default)]
+    pub two_phase: Option<bool>,
+    /// A prepared transaction older than this with no live coordinator is
+    /// resolved from the decision record (default `30s`).
+    #[serde(default = "defaults::recover_after", deserialize_with = "duration")]
+    pub recover_after: u64,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> Self {
+        Self {
+            two_phase: None,
+            recover_after: defaults::recover_after(),
+        }
+    }
 }
 
 /// How statements that need several shards are answered.
@@ -251,6 +276,9 @@ pub struct UserConfig {
 
 /// Defaults live in one place.
 mod defaults {
+    pub fn recover_after() -> u64 {
+        30
+    }
     pub fn merge_max_rows() -> usize {
         100_000
     }

@@ -72,6 +72,10 @@ const ROUTING: &[Field] = &[
     f("merge_max_rows", Ty::Int, false),
     f("allow_multi_shard_writes", Ty::Bool, false),
 ];
+const TRANSACTIONS: &[Field] = &[
+    f("two_phase", Ty::Bool, false),
+    f("recover_after", Ty::Str, false),
+];
 const ROOT: &[Field] = &[
     f("proxy", Ty::Table(PROXY), true),
     f("nodes", Ty::Tables(NODE), true),
@@ -82,6 +86,7 @@ const ROOT: &[Field] = &[
     f("recorder", Ty::Table(RECORDER), false),
     f("forecast", Ty::Table(FORECAST), false),
     f("routing", Ty::Table(ROUTING), false),
+    f("transactions", Ty::Table(TRANSACTIONS), false),
 ];
 
 /// What the walk found: issues, and the span of every scalar by key path.
@@ -308,6 +313,7 @@ impl Walk<'_> {
             "forecast.horizon",
             "forecast.interval",
             "forecast.history",
+            "transactions.recover_after",
         ] {
             if let Some(d) = self.get(key).map(str::to_string) {
                 if super::parse_duration(&d).is_none() {

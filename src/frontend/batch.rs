@@ -280,7 +280,7 @@ impl Session {
                             &analysis.values,
                             Some(&b),
                             &table,
-                            self.shared.default_node,
+                            self.policy(),
                         )?);
                         commands.push(s.command);
                     }

@@ -14,12 +14,14 @@ use super::route::{Decision, Dest};
 use super::session::{Session, Tx, FLUSH_AT};
 use crate::analyzer::{Request, RequestKind};
 use crate::backend::{Checkout, ServerConn};
+use crate::catalog::twophase;
 use crate::protocol::messages::{
     command_complete, command_tag, encode_query, parse_error, ready_for_query, tag_rows,
 };
 use crate::protocol::{sqlstate, Frame};
 
 /// What to send.
+#[derive(Clone, Copy)]
 pub enum Work<'a> {
     Simple(&'a Frame),
     /// Buffered extended-protocol messages; true if they end with Sync.
@@ -68,10 +70,24 @@ impl Session {
                 }
                 // Boxed: a large, rarer future that would otherwise bloat (and be
                 // copied with) every single-node statement's future.
+                if d.multi_write {
+                    return Box::pin(self.multi_node_write(&d, work, started)).await;
+                }
                 if !d.write {
                     return Box::pin(self.fanout_read(work, started)).await;
                 }
                 return Box::pin(self.fanout(work, started)).await;
+            }
+            Dest::Split { .. } => {
+                if self.attached.is_some() || self.tx != Tx::None {
+                    return Err(FrontendError::route(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "an INSERT whose rows belong to several shards cannot run inside a transaction (it would span nodes)"
+                            .into(),
+                        "insert each shard's rows in its own transaction, or outside a transaction".into(),
+                    ));
+                }
+                return Box::pin(self.multi_node_write(&d, work, started)).await;
             }
             Dest::Anywhere => (
                 self.attached
@@ -257,10 +273,23 @@ impl Session {
         }
     }
 
-    /// Runs a read on every node and merges the replies.
+    /// Runs the same work on every node and merges the replies.
     pub(super) async fn fanout(
         &mut self,
         work: Work<'_>,
+        started: Instant,
+    ) -> Result<Outcome, FrontendError> {
+        let works = vec![Some(work); self.shared.pools.len()];
+        self.fanout_each(&works, None, started).await
+    }
+
+    /// Runs `works[n]` on node `n` (None: node `n` takes no part) and
+    /// merges the replies. With a gid, each node's part runs in a
+    /// transaction that is prepared, then committed on all or none.
+    pub(super) async fn fanout_each(
+        &mut self,
+        works: &[Option<Work<'_>>],
+        gid: Option<&str>,
         started: Instant,
     ) -> Result<Outcome, FrontendError> {
         let mut conns: Vec<Checkout> = Vec::with_capacity(self.shared.pools.len());
@@ -269,8 +298,11 @@ impl Session {
             conns.push(pool.checkout().await?);
         }
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
-        let result = self.fanout_run(&mut conns, work).await;
+        let mut result = self.fanout_run(&mut conns, works, gid).await;
         self.set_cancel(&[]);
+        if let Some(gid) = gid {
+            result = self.finish_two_phase(&mut conns, works, gid, result).await;
+        }
         if result.is_err() {
             for c in &mut conns {
                 c.reusable = false;
@@ -286,13 +318,22 @@ impl Session {
     async fn fanout_run(
         &mut self,
         conns: &mut [Checkout],
-        work: Work<'_>,
+        works: &[Option<Work<'_>>],
+        gid: Option<&str>,
     ) -> Result<Outcome, FrontendError> {
         let mut exs: Vec<Exchange> = Vec::with_capacity(conns.len());
-        for c in conns.iter_mut() {
-            let mut out = BytesMut::with_capacity(256);
+        for (c, work) in conns.iter_mut().zip(works) {
             let mut ex = Exchange::default();
+            let Some(work) = work else {
+                exs.push(ex);
+                continue;
+            };
+            let mut out = BytesMut::with_capacity(256);
             self.prelude(c, &mut out, &mut ex);
+            if gid.is_some() {
+                out.extend_from_slice(&encode_query(twophase::begin_sql()).bytes);
+                ex.push(Expect::swallow(Until::Query));
+            }
             match work {
                 Work::Simple(f) => {
                     out.extend_from_slice(&f.bytes);
@@ -300,11 +341,17 @@ impl Session {
                 }
                 Work::Batch(msgs, _) => build_batch(msgs, c, &mut out, &mut ex),
             }
+            if let Some(gid) = gid {
+                // In a transaction that failed, PREPARE rolls it back instead.
+                out.extend_from_slice(&encode_query(&twophase::prepare_sql(gid)).bytes);
+                ex.push(Expect::swallow(Until::Query));
+            }
             c.write_all(&out).await?;
             exs.push(ex);
         }
         let n = conns.len();
-        let mut done = vec![false; n];
+        let lead = works.iter().position(Option::is_some).unwrap_or(0);
+        let mut done: Vec<bool> = works.iter().map(Option::is_none).collect();
         let mut error: Option<Frame> = None;
         let mut last_z: Option<Frame> = None;
         // Segment by segment: the first node's replies pass through (its
@@ -319,7 +366,7 @@ impl Session {
                         Item::Msg(f) => match f.tag {
                             b'C' | b'I' | b's' => {
                                 rows += tag_rows(command_tag(&f));
-                                if i == 0 {
+                                if i == lead {
                                     end = Some(f);
                                 }
                                 break;
@@ -330,7 +377,7 @@ impl Session {
                             }
                             b'D' if error.is_none() => self.write(&f),
                             b'Z' => {}
-                            _ if i == 0 && error.is_none() => self.write(&f),
+                            _ if i == lead && error.is_none() => self.write(&f),
                             _ => {}
                         },
                         Item::CopyIn(_) => {
@@ -343,7 +390,7 @@ impl Session {
                         }
                         Item::Done(z) => {
                             done[i] = true;
-                            if i == 0 {
+                            if i == lead {
                                 last_z = z;
                             }
                         }
@@ -368,7 +415,8 @@ impl Session {
             self.shared.metrics.error(&parse_error(&e).code, "server");
             self.write(&e);
         }
-        if last_z.is_some() {
+        // With two-phase commit the ReadyForQuery waits for the outcome.
+        if last_z.is_some() && gid.is_none() {
             self.write(&ready_for_query(b'I'));
         }
         Ok(Outcome { error: failed })

@@ -9,6 +9,7 @@ pub mod error;
 pub mod exchange;
 pub mod execute;
 pub mod merged;
+pub mod multiwrite;
 pub mod route;
 pub mod session;
 pub mod settings;
@@ -44,4 +45,6 @@ pub struct Shared {
     pub merge_catalog: crate::merge::Catalog,
     /// Type names for the engine's final queries, learned from the nodes.
     pub type_names: crate::merge::TypeNames,
+    /// Multi-node writes commit with two-phase commit.
+    pub two_phase: bool,
 }

@@ -23,8 +23,12 @@ pub enum Dest {
         partition: Option<PartitionId>,
         mirror: Option<NodeId>,
     },
-    /// Every node; only reads get here.
+    /// Every node: a read (merged or concatenated), DDL, or an
+    /// UPDATE/DELETE without the shard key.
     AllNodes,
+    /// A multi-row INSERT whose rows belong to several nodes: row `i` goes
+    /// to `nodes[i]`.
+    Split { nodes: Vec<NodeId> },
 }
 
 /// The routing decision for one unit of work.
@@ -32,6 +36,17 @@ pub enum Dest {
 pub struct Decision {
     pub dest: Dest,
     pub write: bool,
+    /// Data changes on several nodes: committed with two-phase commit
+    /// when it is on.
+    pub multi_write: bool,
+}
+
+/// What routing may do with statements that need several nodes.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub default_node: NodeId,
+    /// `[routing] allow_multi_shard_writes`.
+    pub multi_shard_writes: bool,
 }
 
 /// Decides one statement. `values` are the statement text's literal keys
@@ -41,9 +56,22 @@ pub fn decide(
     values: &[KeyValue],
     bind: Option<&Bind<'_>>,
     table: &RoutingTable,
-    default_node: NodeId,
+    policy: Policy,
 ) -> Result<Decision, FrontendError> {
+    let default_node = policy.default_node;
     let write = shape.command.is_write() || matches!(shape.command, Command::Other);
+    let dml = matches!(shape.command, Command::Update | Command::Delete);
+    let refuse_multi = |t: &str| {
+        FrontendError::route(
+            sqlstate::NEEDS_SHARD_KEY,
+            format!(
+                "this {} on sharded table \"{t}\" touches rows on several shards, and [routing] allow_multi_shard_writes is off",
+                command_name(shape.command)
+            ),
+            "filter on the shard key so the statement goes to one shard".into(),
+        )
+    };
+    let mut multi_write = false;
     let dest = match &shape.target {
         Target::NoTable => Dest::Anywhere,
         Target::Unsharded => Dest::Node {
@@ -56,7 +84,19 @@ pub fn decide(
             key_column,
         } => {
             // Reads fan out; DDL (`Other`) runs on every node so the shards'
-            // schemas stay alike; a DML write without its key is refused.
+            // schemas stay alike; UPDATE/DELETE run on every node when
+            // allowed; INSERT and COPY without their key are refused.
+            if dml {
+                if !policy.multi_shard_writes {
+                    return Err(refuse_multi(t));
+                }
+                multi_write = true;
+                return Ok(Decision {
+                    dest: Dest::AllNodes,
+                    write,
+                    multi_write,
+                });
+            }
             if shape.command.is_write()
                 || !matches!(shape.command, Command::Select | Command::Other)
             {
@@ -80,12 +120,14 @@ pub fn decide(
         } => {
             let mut chosen: Option<(NodeId, PartitionId, Option<NodeId>)> = None;
             let mut spread = false;
+            let mut row_nodes = Vec::new();
             for k in keys {
                 let value = resolve(k, values, bind, *key_type, t)?;
                 let Some(h) = hash_key(&value, *key_type) else {
                     // NULL never matches `key = NULL`; an INSERT of a NULL key
                     // is refused by the NOT NULL it should carry. Either way
                     // no shard owns it: send it to the first key's owner.
+                    row_nodes.push(None);
                     continue;
                 };
                 let p = table.lookup(h);
@@ -103,6 +145,7 @@ pub fn decide(
                     ));
                 }
                 let mirror = if write { p.write_nodes().nth(1) } else { None };
+                row_nodes.push(Some(p.node));
                 match chosen {
                     None => chosen = Some((p.node, p.id, mirror)),
                     Some((n, _, _)) if n == p.node => {}
@@ -110,22 +153,46 @@ pub fn decide(
                 }
             }
             match (chosen, spread) {
-                (None, _) => Dest::Node { node: default_node, partition: None, mirror: None },
-                (Some((node, partition, mirror)), false) => {
-                    Dest::Node { node, partition: Some(partition), mirror }
-                }
+                (None, _) => Dest::Node {
+                    node: default_node,
+                    partition: None,
+                    mirror: None,
+                },
+                (Some((node, partition, mirror)), false) => Dest::Node {
+                    node,
+                    partition: Some(partition),
+                    mirror,
+                },
                 (Some(_), true) if !write => Dest::AllNodes,
+                (Some(_), true) if !policy.multi_shard_writes => return Err(refuse_multi(t)),
+                (Some(_), true) if dml => {
+                    multi_write = true;
+                    Dest::AllNodes
+                }
+                (Some((first, _, _)), true) if shape.command == Command::Insert => {
+                    multi_write = true;
+                    Dest::Split {
+                        nodes: row_nodes.into_iter().map(|n| n.unwrap_or(first)).collect(),
+                    }
+                }
                 (Some(_), true) => {
                     return Err(FrontendError::route(
                         sqlstate::NEEDS_SHARD_KEY,
-                        format!("this {} on \"{t}\" touches rows on several shards", command_name(shape.command)),
-                        "send one statement per shard key (e.g. one INSERT per row) or group rows by shard".into(),
+                        format!(
+                            "this {} on \"{t}\" touches rows on several shards",
+                            command_name(shape.command)
+                        ),
+                        "send one statement per shard key or group rows by shard".into(),
                     ))
                 }
             }
         }
     };
-    Ok(Decision { dest, write })
+    Ok(Decision {
+        dest,
+        write,
+        multi_write,
+    })
 }
 
 fn resolve<'a>(
@@ -173,13 +240,16 @@ pub fn combine(decisions: &[Decision]) -> Result<Decision, FrontendError> {
     let mut out = Decision {
         dest: Dest::Anywhere,
         write: false,
+        multi_write: false,
     };
     for d in decisions {
         out.write |= d.write;
+        out.multi_write |= d.multi_write;
         out.dest = match (&out.dest, &d.dest) {
             (Dest::Anywhere, x) | (x, Dest::Anywhere) => x.clone(),
             (Dest::Node { node: a, .. }, Dest::Node { node: b, .. }) if a == b => out.dest.clone(),
             (Dest::AllNodes, Dest::AllNodes) if decisions.len() == 1 => Dest::AllNodes,
+            (Dest::Split { .. }, Dest::Split { .. }) if decisions.len() == 1 => d.dest.clone(),
             _ => {
                 return Err(FrontendError::route(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -188,6 +258,13 @@ pub fn combine(decisions: &[Decision]) -> Result<Decision, FrontendError> {
                 ))
             }
         };
+    }
+    if matches!(out.dest, Dest::Split { .. }) && decisions.len() > 1 {
+        return Err(FrontendError::route(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "an INSERT whose rows belong to several shards must be sent alone".into(),
+            "send it as its own query".into(),
+        ));
     }
     Ok(out)
 }
@@ -219,7 +296,11 @@ mod tests {
     }
 
     fn decide_sql(sql: &str, t: &RoutingTable) -> Result<Decision, FrontendError> {
-        decide(&shape(sql), &[], None, t, 0)
+        let policy = Policy {
+            default_node: 0,
+            multi_shard_writes: true,
+        };
+        decide(&shape(sql), &[], None, t, policy)
     }
 
     /// Two partitions on two nodes; the one owning id 1 is being moved.

@@ -162,6 +162,14 @@ impl Session {
         }
     }
 
+    /// What routing may do with statements that need several nodes.
+    pub(super) fn policy(&self) -> super::route::Policy {
+        super::route::Policy {
+            default_node: self.shared.default_node,
+            multi_shard_writes: self.shared.config.routing.allow_multi_shard_writes,
+        }
+    }
+
     /// The ReadyForQuery status the client should see now.
     pub(super) fn status(&self) -> u8 {
         match (&self.tx, &self.attached) {

@@ -46,10 +46,9 @@ impl Session {
         }
         let decision = {
             let table = self.shared.routing.peek();
-            let default = self.shared.default_node;
             let mut each = SmallVec::<[Decision; 2]>::new();
             for s in shapes.iter() {
-                each.push(decide(s, &analysis.values, None, &table, default)?);
+                each.push(decide(s, &analysis.values, None, &table, self.policy())?);
             }
             combine(&each)?
         };

@@ -12,6 +12,7 @@
 pub mod plan;
 pub mod render;
 pub mod run;
+pub mod split;
 
 pub use plan::{plan, Catalog, Fanout, Plan, Refusal};
 pub use render::TypeNames;

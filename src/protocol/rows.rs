@@ -88,7 +88,14 @@ pub fn param_types_section(oids: &[u32]) -> Vec<u8> {
 /// parameter section of a client's Bind (formats and values) and
 /// `result_formats` the result format codes to ask for.
 pub fn encode_bind(params: &[u8], result_formats: &[i16]) -> Frame {
-    let mut body = Vec::with_capacity(4 + params.len() + 2 + result_formats.len() * 2);
+    encode_bind_portal("", params, result_formats)
+}
+
+/// The same, binding portal `portal`.
+pub fn encode_bind_portal(portal: &str, params: &[u8], result_formats: &[i16]) -> Frame {
+    let mut body =
+        Vec::with_capacity(portal.len() + 3 + params.len() + 2 + result_formats.len() * 2);
+    body.extend_from_slice(portal.as_bytes());
     body.extend_from_slice(&[0, 0]);
     body.extend_from_slice(params);
     body.extend_from_slice(&(result_formats.len() as i16).to_be_bytes());

@@ -22,3 +22,8 @@ pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
 /// Raised for a statement that needs a shard key it does not give: a write
 /// with no key, or a transaction spanning shards. Class 0A: not supported.
 pub const NEEDS_SHARD_KEY: &str = "0A000";
+
+/// The transaction was rolled back (here: a multi-node write whose commit could not be decided).
+pub const TRANSACTION_ROLLBACK: &str = "40000";
+/// The outcome of a commit is not known yet (a multi-node write left to recovery).
+pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
