@@ -5,6 +5,7 @@
 mod harness;
 
 mod clients;
+mod copy;
 mod differential;
 mod failures;
 mod forecast;

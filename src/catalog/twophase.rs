@@ -64,7 +64,7 @@ pub fn prepare_sql(gid: &str) -> String {
 
 /// Runs one simple query; Ok(None) on success, Ok(Some(sqlstate message))
 /// when the server refused it.
-async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, BackendError> {
+pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, BackendError> {
     conn.write_all(&encode_query(sql).bytes).await?;
     let mut err = None;
     loop {

@@ -360,6 +360,8 @@ impl Session {
         while !done.iter().all(|d| *d) {
             let mut end: Option<Frame> = None;
             let mut rows = 0u64;
+            // COPY … TO STDOUT: every node's data, then one CopyDone.
+            let mut copy_done: Option<Frame> = None;
             for i in 0..n {
                 while !done[i] {
                     match exs[i].next(&mut conns[i]).await? {
@@ -375,7 +377,8 @@ impl Session {
                                 error.get_or_insert(f);
                                 break;
                             }
-                            b'D' if error.is_none() => self.write(&f),
+                            b'D' | b'd' if error.is_none() => self.write(&f),
+                            b'c' => copy_done = Some(f),
                             b'Z' => {}
                             _ if i == lead && error.is_none() => self.write(&f),
                             _ => {}
@@ -401,6 +404,9 @@ impl Session {
                 }
             }
             if error.is_none() {
+                if let Some(c) = copy_done {
+                    self.write(&c);
+                }
                 if let Some(end) = end {
                     if end.tag == b'C' {
                         self.write(&command_complete(&merged_tag(command_tag(&end), rows)));

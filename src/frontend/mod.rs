@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod cancel;
+pub mod copy;
 pub mod error;
 pub mod exchange;
 pub mod execute;

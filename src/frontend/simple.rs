@@ -44,6 +44,19 @@ impl Session {
             self.failed_tx_error();
             return Ok(());
         }
+        if shapes.len() == 1
+            && shapes[0].command == Command::Copy
+            && matches!(shapes[0].target, crate::router::Target::AllShards { .. })
+        {
+            if self.attached.is_some() || self.tx != Tx::None {
+                return Err(FrontendError::route(
+                    crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+                    "COPY on a sharded table without its key runs on every shard, which a transaction cannot span".into(),
+                    "run the COPY outside the transaction".into(),
+                ));
+            }
+            return self.sharded_copy(&f, sql, started).await;
+        }
         let decision = {
             let table = self.shared.routing.peek();
             let mut each = SmallVec::<[Decision; 2]>::new();

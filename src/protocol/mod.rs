@@ -3,6 +3,7 @@
 //! the proxy forwards what it does not need to rewrite without re-encoding,
 //! and the codec can be unit-tested (or fuzzed) on byte strings alone.
 
+pub mod copy;
 pub mod framing;
 pub mod messages;
 pub mod rows;

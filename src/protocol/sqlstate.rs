@@ -27,3 +27,5 @@ pub const NEEDS_SHARD_KEY: &str = "0A000";
 pub const TRANSACTION_ROLLBACK: &str = "40000";
 /// The outcome of a commit is not known yet (a multi-node write left to recovery).
 pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
+pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
+pub const NOT_NULL_VIOLATION: &str = "23502";

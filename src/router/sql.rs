@@ -233,6 +233,14 @@ impl Analyzer {
         }
     }
 
+    /// A sharded table's key column, key type and (if known) the key's
+    /// position among the table's columns.
+    pub fn sharded_table(&self, table: &str) -> Option<(&str, KeyType, Option<usize>)> {
+        self.tables
+            .get(&table.to_ascii_lowercase())
+            .map(|t| (&*t.key, t.key_type, t.key_position))
+    }
+
     /// The shape of every statement in `sql` (a simple query may hold
     /// several), with literal keys filled in.
     pub fn analyze(&self, sql: &str) -> Result<Arc<[Shape]>, RouteError> {
