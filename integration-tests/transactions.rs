@@ -1,4 +1,6 @@
-//! Transactions stick to one node; crossing shards aborts cleanly.
+//! Transactions stick to one node without two-phase commit (crossing
+//! shards aborts cleanly); with it, a transaction may span nodes and
+//! commits on all of them or none.
 
 use crate::harness::{node_of_int8, Cluster, Proxy};
 
@@ -17,6 +19,7 @@ async fn transaction_pins_to_one_node_and_refuses_another() {
     cluster.on_all("CREATE TABLE accounts (id bigint PRIMARY KEY, balance int NOT NULL DEFAULT 0)");
     let proxy = Proxy::builder()
         .table("accounts", "id", "bigint")
+        .extra("[transactions]\ntwo_phase = false\n")
         .start(&cluster);
     let (a, b) = ids_on_two_nodes(&proxy).await;
     let mut c = proxy.client().await;
@@ -132,5 +135,104 @@ async fn session_settings_follow_the_client() {
         let _hog = b.query("SELECT pg_sleep(0.001)", &[]).await.unwrap();
         let v: i32 = a.query_one(&st, &[&i]).await.unwrap().get(0);
         assert_eq!(v, i + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_phase_commit_a_transaction_spans_nodes() {
+    let cluster = Cluster::start(2);
+    cluster.on_all("CREATE TABLE accounts (id bigint PRIMARY KEY, balance int NOT NULL DEFAULT 0 CHECK (balance >= 0))");
+    let proxy = Proxy::builder()
+        .table("accounts", "id", "bigint")
+        .start(&cluster);
+    let (a, b) = ids_on_two_nodes(&proxy).await;
+    let mut c = proxy.client().await;
+    c.execute("INSERT INTO accounts (id, balance) VALUES ($1, 100)", &[&a])
+        .await
+        .unwrap();
+    c.execute("INSERT INTO accounts (id, balance) VALUES ($1, 0)", &[&b])
+        .await
+        .unwrap();
+    let reader = proxy.client().await;
+    let balance = |id: i64| {
+        let c = &reader;
+        async move {
+            c.query_one("SELECT balance FROM accounts WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        }
+    };
+
+    // A transfer between two nodes (extended protocol): both or neither.
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE accounts SET balance = balance - 30 WHERE id = $1",
+        &[&a],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE accounts SET balance = balance + 30 WHERE id = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    // Inside, each node shows the transaction's own writes.
+    let seen: i32 = tx
+        .query_one("SELECT balance FROM accounts WHERE id = $1", &[&b])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 30);
+    tx.commit().await.unwrap();
+    assert_eq!((balance(a).await, balance(b).await), (70, 30));
+
+    // ROLLBACK undoes both parts.
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE accounts SET balance = 0 WHERE id = $1", &[&a])
+        .await
+        .unwrap();
+    tx.execute("UPDATE accounts SET balance = 0 WHERE id = $1", &[&b])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!((balance(a).await, balance(b).await), (70, 30));
+
+    // A failure on one node fails the whole transaction (simple protocol).
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!(
+        "UPDATE accounts SET balance = balance + 1000 WHERE id = {b}"
+    ))
+    .await
+    .unwrap();
+    let e = c
+        .batch_execute(&format!(
+            "UPDATE accounts SET balance = balance - 1000 WHERE id = {a}"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "23514");
+    let e = c
+        .batch_execute(&format!("UPDATE accounts SET balance = 1 WHERE id = {b}"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "25P02");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!((balance(a).await, balance(b).await), (70, 30));
+
+    // Nothing prepared or idle in transaction is left behind.
+    for n in &cluster.nodes {
+        assert_eq!(
+            n.psql(&cluster.db, "SELECT count(*) FROM pg_prepared_xacts"),
+            "0"
+        );
+        assert_eq!(
+            n.psql(
+                &cluster.db,
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+            ),
+            "0"
+        );
     }
 }

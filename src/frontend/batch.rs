@@ -109,6 +109,16 @@ impl Session {
             }
             Err(e) => return Err(e),
         };
+        if !self.joined.is_empty()
+            && commands.len() == 1
+            && matches!(commands[0], Command::Commit | Command::Rollback)
+        {
+            match self.end_spanning(commands[0] == Command::Commit).await? {
+                Some(tag) => self.answer_locally(msgs, tag),
+                None => self.write(&ready_for_query(self.status())),
+            }
+            return Ok(());
+        }
         if self.tx == Tx::Failed && self.attached.is_none() {
             if !commands.is_empty()
                 && commands

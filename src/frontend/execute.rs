@@ -100,26 +100,51 @@ impl Session {
                 node, partition, ..
             } => (node, partition),
         };
-        if let Some(c) = &self.attached {
-            if c.node() != node {
-                let names = self.shared.routing.peek();
-                return Err(FrontendError::route(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "this transaction runs on shard node \"{}\"; a statement for node \"{}\" cannot join it",
-                        names.nodes()[c.node()],
-                        names.nodes()[node]
-                    ),
-                    "keep each transaction on one shard key, or commit before switching".into(),
-                ));
-            }
+        // A statement for another node than the transaction's: with
+        // two-phase commit that node joins the transaction (committed
+        // together at COMMIT); without it, refused.
+        let joining = self.attached.as_ref().is_some_and(|c| c.node() != node);
+        if joining && !self.shared.two_phase {
+            let c = self.attached.as_ref().expect("joining implies attached");
+            let names = self.shared.routing.peek();
+            return Err(FrontendError::route(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "this transaction runs on shard node \"{}\"; a statement for node \"{}\" cannot join it (two-phase commit is off)",
+                    names.nodes()[c.node()],
+                    names.nodes()[node]
+                ),
+                "keep each transaction on one shard key, or commit before switching".into(),
+            ));
         }
-        let mut conn = match self.attached.take() {
-            Some(c) => c,
-            None => {
-                let c = self.shared.pools[node].checkout().await?;
-                self.set_cancel(&[&c]);
-                c
+        let spans = joining || !self.joined.is_empty();
+        if spans && self.status() == b'E' {
+            return Err(FrontendError::route(
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into(),
+                "end it with ROLLBACK".into(),
+            ));
+        }
+        let mut begin_here = false;
+        let mut conn = if joining {
+            let c = match self.joined.iter().position(|j| j.node() == node) {
+                Some(i) => self.joined.swap_remove(i),
+                None => {
+                    begin_here = true;
+                    self.shared.pools[node].checkout().await?
+                }
+            };
+            self.set_cancel(&[&c]);
+            c
+        } else {
+            match self.attached.take() {
+                Some(c) => c,
+                None => {
+                    let c = self.shared.pools[node].checkout().await?;
+                    self.set_cancel(&[&c]);
+                    c
+                }
             }
         };
         let in_tx = conn.status != b'I' || matches!(self.tx, Tx::Deferred { .. });
@@ -129,6 +154,14 @@ impl Session {
         out.clear();
         ex.clear();
         self.prelude(&mut conn, &mut out, &mut ex);
+        if begin_here {
+            // The transaction's BEGIN (and what was queued with it) here too.
+            for sql in &self.tx_begin {
+                out.extend_from_slice(&encode_query(sql).bytes);
+                ex.push(Expect::swallow(Until::Query));
+            }
+        }
+        let in_tx = in_tx || joining;
         match work {
             Work::Simple(f) => {
                 out.extend_from_slice(&f.bytes);
@@ -177,7 +210,15 @@ impl Session {
                 error,
             },
         );
-        self.attached = Some(conn);
+        if joining {
+            self.joined.push(conn);
+            // A cancel goes back to the transaction's first node.
+            if let Some(c) = &self.attached {
+                self.set_cancel(&[c]);
+            }
+        } else {
+            self.attached = Some(conn);
+        }
         self.release_if_idle();
         Ok(Outcome { error })
     }
@@ -192,6 +233,8 @@ impl Session {
             conn.session = fp;
         }
         if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
+            // Kept for nodes that join the transaction later.
+            self.tx_begin = prelude.clone();
             for sql in prelude {
                 out.extend_from_slice(&encode_query(&sql).bytes);
                 ex.push(Expect::swallow(Until::Query));

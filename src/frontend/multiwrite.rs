@@ -141,6 +141,92 @@ impl Session {
     }
 }
 
+impl Session {
+    /// COMMIT or ROLLBACK of a transaction that spans nodes: two-phase
+    /// commit of every part, or rollback of all. Returns the command tag
+    /// for the client, or None when the commit failed (the error is written).
+    pub(super) async fn end_spanning(
+        &mut self,
+        commit: bool,
+    ) -> Result<Option<&'static str>, FrontendError> {
+        let failed = self.status() == b'E';
+        let mut all: Vec<Checkout> = self.attached.take().into_iter().collect();
+        all.append(&mut self.joined);
+        self.tx = super::session::Tx::None;
+        self.tx_begin.clear();
+        self.set_cancel(&[]);
+        if !commit || failed {
+            for c in all.iter_mut() {
+                twophase::simple(c, "ROLLBACK").await?;
+            }
+            return Ok(Some("ROLLBACK"));
+        }
+        let gid = twophase::new_gid();
+        let mut prepared = true;
+        for c in all.iter_mut() {
+            if let Some(e) = twophase::simple(c, &twophase::prepare_sql(&gid)).await? {
+                tracing::warn!(node = c.node_name(), error = %e, "PREPARE TRANSACTION failed");
+                prepared = false;
+            }
+        }
+        let catalog_at = all.iter().position(|c| c.node() == 0);
+        let mut extra = None;
+        if catalog_at.is_none() {
+            extra = Some(self.shared.pools[0].checkout().await?);
+        }
+        let (catalog, mut rest): (&mut ServerConn, Vec<&mut ServerConn>) = match catalog_at {
+            Some(i) => {
+                let (before, after) = all.split_at_mut(i);
+                let (cat, after) = after.split_first_mut().expect("index in range");
+                (
+                    &mut **cat,
+                    before
+                        .iter_mut()
+                        .chain(after.iter_mut())
+                        .map(|c| &mut **c)
+                        .collect(),
+                )
+            }
+            None => (
+                &mut **extra.as_mut().expect("checked out above"),
+                all.iter_mut().map(|c| &mut **c).collect(),
+            ),
+        };
+        if !prepared {
+            if catalog_at.is_some() {
+                rest.push(catalog);
+            }
+            twophase::abort(&mut rest, &gid).await;
+            self.commit_failed("a shard could not prepare the transaction".into());
+            return Ok(None);
+        }
+        match twophase::commit(catalog, catalog_at.is_some(), &mut rest, &gid).await {
+            Ok(()) => Ok(Some("COMMIT")),
+            Err(twophase::CommitError::Decision(e)) => {
+                if catalog_at.is_some() {
+                    rest.push(catalog);
+                }
+                twophase::abort(&mut rest, &gid).await;
+                self.commit_failed(format!("the commit decision could not be recorded ({e})"));
+                Ok(None)
+            }
+            Err(twophase::CommitError::Backend(e)) => Err(e.into()),
+        }
+    }
+
+    fn commit_failed(&mut self, why: String) {
+        self.shared
+            .metrics
+            .error(sqlstate::TRANSACTION_ROLLBACK, "proxy");
+        self.write(&error_response(
+            "ERROR",
+            sqlstate::TRANSACTION_ROLLBACK,
+            &format!("the transaction was rolled back on every shard: {why}"),
+            None,
+        ));
+    }
+}
+
 /// One batch per node for a split INSERT in the extended protocol: the
 /// node's rows, with only their parameters, under the unnamed statement.
 fn split_batch(

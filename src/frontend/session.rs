@@ -41,6 +41,12 @@ pub struct Session {
     pub(super) wbuf: BytesMut,
     /// The server connection of the running transaction, if any.
     pub(super) attached: Option<Checkout>,
+    /// Other nodes' connections that joined the running transaction
+    /// (two-phase commit at COMMIT); empty for a one-node transaction.
+    pub(super) joined: Vec<Checkout>,
+    /// The statements that began the running transaction (BEGIN and what
+    /// was queued with it), replayed on a node that joins it.
+    pub(super) tx_begin: Vec<String>,
     pub(super) tx: Tx,
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
@@ -76,6 +82,8 @@ impl Session {
             rbuf,
             wbuf: BytesMut::with_capacity(16 * 1024),
             attached: None,
+            joined: Vec::new(),
+            tx_begin: Vec::new(),
             tx: Tx::None,
             statements: HashMap::new(),
             unnamed: None,
@@ -141,8 +149,11 @@ impl Session {
         self.shared.metrics.error(e.sqlstate(), "proxy");
         self.write(&e.to_frame());
         if matches!(e, FrontendError::Backend(_)) {
-            // The server connection is gone; so is any transaction on it.
-            if self.attached.take().is_some() || self.tx != Tx::None {
+            // The server connection is gone; so is any transaction on it
+            // (other nodes' parts are dropped, which rolls them back).
+            let had_joined = !self.joined.is_empty();
+            self.joined.clear();
+            if self.attached.take().is_some() || self.tx != Tx::None || had_joined {
                 self.tx = Tx::Failed;
             }
             self.set_cancel(&[]);
@@ -151,6 +162,11 @@ impl Session {
         let in_tx = self.tx != Tx::None || self.attached.as_ref().is_some_and(|c| c.status != b'I');
         if in_tx {
             self.tx = Tx::Failed;
+            for mut c in self.joined.drain(..) {
+                tokio::spawn(async move {
+                    let _ = rollback(&mut c).await;
+                });
+            }
             if let Some(mut c) = self.attached.take() {
                 // Roll back in the background; the connection returns to the
                 // pool once the server confirms.
@@ -175,6 +191,7 @@ impl Session {
         match (&self.tx, &self.attached) {
             (Tx::Failed, _) => b'E',
             (Tx::Deferred { .. }, _) => b'T',
+            (Tx::None, Some(_)) if self.joined.iter().any(|j| j.status == b'E') => b'E',
             (Tx::None, Some(c)) if c.status == b'T' || c.status == b'E' => c.status,
             _ => b'I',
         }
@@ -237,7 +254,7 @@ impl Session {
 
     /// Returns the attached connection to its pool once its transaction ended.
     pub(super) fn release_if_idle(&mut self) {
-        if self.attached.as_ref().is_some_and(|c| c.status == b'I') {
+        if self.joined.is_empty() && self.attached.as_ref().is_some_and(|c| c.status == b'I') {
             self.attached = None;
             self.set_cancel(&[]);
         }

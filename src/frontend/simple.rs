@@ -33,6 +33,27 @@ impl Session {
             )
         })?;
         let shapes = &analysis.shapes;
+        if !self.joined.is_empty() {
+            // A transaction that spans nodes ends on all of them together.
+            if shapes.len() == 1 && matches!(shapes[0].command, Command::Commit | Command::Rollback)
+            {
+                if let Some(tag) = self
+                    .end_spanning(shapes[0].command == Command::Commit)
+                    .await?
+                {
+                    self.write(&command_complete(tag));
+                }
+                self.write(&ready_for_query(self.status()));
+                return Ok(());
+            }
+            if shapes.iter().any(|s| s.command == Command::Savepoint) {
+                return Err(FrontendError::route(
+                    crate::protocol::sqlstate::FEATURE_NOT_SUPPORTED,
+                    "savepoints in a transaction that spans shards".into(),
+                    "use savepoints in transactions on one shard key".into(),
+                ));
+            }
+        }
         if self.attached.is_none() && shapes.len() == 1 {
             if let Some(tag) = self.local_transaction_control(shapes[0].command, sql) {
                 self.write(&command_complete(&tag));
