@@ -221,6 +221,48 @@ async fn with_two_phase_commit_a_transaction_spans_nodes() {
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!((balance(a).await, balance(b).await), (70, 30));
 
+    // Reads and writes without the key inside a transaction: every node
+    // joins it, sees its own writes, and commits or rolls back with it.
+    let tx = c.transaction().await.unwrap();
+    let n: i64 = tx
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "a fan-out read as the transaction's first statement");
+    tx.execute(
+        "INSERT INTO accounts (id, balance) VALUES ($1, 1), ($2, 1)",
+        &[&(a + 1000), &(b + 1000)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        tx.execute("UPDATE accounts SET balance = balance + 1", &[])
+            .await
+            .unwrap(),
+        4
+    );
+    let sum: i64 = tx
+        .query_one("SELECT sum(balance) FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 100 + 2 + 4);
+    tx.rollback().await.unwrap();
+    assert_eq!((balance(a).await, balance(b).await), (70, 30));
+    let tx = c.transaction().await.unwrap();
+    tx.execute("UPDATE accounts SET balance = balance + 1", &[])
+        .await
+        .unwrap();
+    tx.execute(
+        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+        &[&a],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((balance(a).await, balance(b).await), (72, 31));
+
     // Nothing prepared or idle in transaction is left behind.
     for n in &cluster.nodes {
         assert_eq!(

@@ -60,14 +60,7 @@ impl Session {
     ) -> Result<Outcome, FrontendError> {
         let (node, partition) = match d.dest {
             Dest::AllNodes => {
-                if self.attached.is_some() || self.tx != Tx::None {
-                    return Err(FrontendError::route(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "a statement without the shard key would need every shard, which a transaction cannot span"
-                            .into(),
-                        "filter on the shard key, or run it outside the transaction".into(),
-                    ));
-                }
+                self.may_span()?;
                 // Boxed: a large, rarer future that would otherwise bloat (and be
                 // copied with) every single-node statement's future.
                 if d.multi_write {
@@ -79,14 +72,7 @@ impl Session {
                 return Box::pin(self.fanout(work, started)).await;
             }
             Dest::Split { .. } => {
-                if self.attached.is_some() || self.tx != Tx::None {
-                    return Err(FrontendError::route(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "an INSERT whose rows belong to several shards cannot run inside a transaction (it would span nodes)"
-                            .into(),
-                        "insert each shard's rows in its own transaction, or outside a transaction".into(),
-                    ));
-                }
+                self.may_span()?;
                 return Box::pin(self.multi_node_write(&d, work, started)).await;
             }
             Dest::Anywhere => (
@@ -335,11 +321,7 @@ impl Session {
         gid: Option<&str>,
         started: Instant,
     ) -> Result<Outcome, FrontendError> {
-        let mut conns: Vec<Checkout> = Vec::with_capacity(self.shared.pools.len());
-        // Pools are taken in node order so two fan-outs cannot deadlock.
-        for pool in self.shared.pools.clone().iter() {
-            conns.push(pool.checkout().await?);
-        }
+        let mut conns = self.every_node().await?;
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
         let mut result = self.fanout_run(&mut conns, works, gid).await;
         self.set_cancel(&[]);
@@ -350,6 +332,8 @@ impl Session {
             for c in &mut conns {
                 c.reusable = false;
             }
+        } else {
+            self.give_back(conns);
         }
         self.shared
             .metrics
@@ -466,7 +450,7 @@ impl Session {
         }
         // With two-phase commit the ReadyForQuery waits for the outcome.
         if last_z.is_some() && gid.is_none() {
-            self.write(&ready_for_query(b'I'));
+            self.write(&ready_for_query(super::spanning::status_of(conns)));
         }
         Ok(Outcome { error: failed })
     }

@@ -13,6 +13,7 @@ use super::error::FrontendError;
 use super::exchange::Exchange;
 use super::execute::{Outcome, Work};
 use super::session::Session;
+use super::spanning::status_of;
 use crate::backend::Checkout;
 use crate::merge::{self, Fanout, MergeError, Merged, Request};
 use crate::protocol::framing::Reader;
@@ -52,10 +53,7 @@ impl Session {
             Ok(Fanout::Merge(p)) => p,
             Err(r) => return Err(refused(r.0)),
         };
-        let mut conns: Vec<Checkout> = Vec::with_capacity(self.shared.pools.len());
-        for pool in self.shared.pools.clone().iter() {
-            conns.push(pool.checkout().await?);
-        }
+        let mut conns = self.every_node().await?;
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
         let result = self.merge_on(&mut conns, &plan, work).await;
         self.set_cancel(&[]);
@@ -63,6 +61,8 @@ impl Session {
             for c in &mut conns {
                 c.reusable = false;
             }
+        } else {
+            self.give_back(conns);
         }
         self.shared
             .metrics
@@ -103,11 +103,11 @@ impl Session {
                     Ok(m) => {
                         self.write(&m.description);
                         self.write_rows(&m);
-                        self.write(&ready_for_query(b'I'));
+                        self.write(&ready_for_query(status_of(conns)));
                         Ok(Outcome { error: false })
                     }
                     Err(e) => self.merge_failed(e).map(|_| {
-                        self.write(&ready_for_query(b'I'));
+                        self.write(&ready_for_query(status_of(conns)));
                         Outcome { error: true }
                     }),
                 }
@@ -190,7 +190,7 @@ impl Session {
             };
             if tag == b'S' {
                 skipping = false;
-                self.write(&ready_for_query(b'I'));
+                self.write(&ready_for_query(status_of(conns)));
                 continue;
             }
             if skipping {

@@ -15,6 +15,7 @@ pub mod route;
 pub mod session;
 pub mod settings;
 pub mod simple;
+pub mod spanning;
 pub mod startup;
 
 use std::sync::Arc;

@@ -43,7 +43,8 @@ impl Session {
                 "a statement that writes on several shards must end with Sync".into(),
             ));
         }
-        let gid = self.shared.two_phase.then(twophase::new_gid);
+        // Inside a transaction the parts commit with it (at COMMIT).
+        let gid = (self.shared.two_phase && !self.in_transaction()).then(twophase::new_gid);
         let n = self.shared.pools.len();
         let Dest::Split { nodes } = &d.dest else {
             let works = vec![Some(work); n];

@@ -47,6 +47,8 @@ pub struct Session {
     /// The statements that began the running transaction (BEGIN and what
     /// was queued with it), replayed on a node that joins it.
     pub(super) tx_begin: Vec<String>,
+    /// The node a transaction that spans nodes started on.
+    pub(super) home: crate::ring::NodeId,
     pub(super) tx: Tx,
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
@@ -84,6 +86,7 @@ impl Session {
             attached: None,
             joined: Vec::new(),
             tx_begin: Vec::new(),
+            home: 0,
             tx: Tx::None,
             statements: HashMap::new(),
             unnamed: None,

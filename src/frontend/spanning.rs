@@ -1,0 +1,118 @@
+//! Connections for work that needs every node. Outside a transaction they
+//! are checked out for the statement; inside one (with two-phase commit)
+//! every node joins the transaction — the missing ones with its BEGIN —
+//! and they stay with it until COMMIT or ROLLBACK (see `multiwrite`).
+
+use bytes::BytesMut;
+
+use super::error::FrontendError;
+use super::exchange::{Exchange, Expect, Until};
+use super::session::{Session, Tx};
+use crate::backend::Checkout;
+use crate::protocol::messages::encode_query;
+use crate::protocol::sqlstate;
+
+/// The ReadyForQuery status of a set of connections: failed if any failed.
+pub fn status_of(conns: &[Checkout]) -> u8 {
+    if conns.iter().any(|c| c.status == b'E') {
+        b'E'
+    } else if conns.iter().any(|c| c.status == b'T') {
+        b'T'
+    } else {
+        b'I'
+    }
+}
+
+impl Session {
+    pub(super) fn in_transaction(&self) -> bool {
+        self.attached.is_some() || !self.joined.is_empty() || self.tx != Tx::None
+    }
+
+    /// Refuses work on every node inside a transaction that cannot span nodes.
+    pub(super) fn may_span(&self) -> Result<(), FrontendError> {
+        if !self.in_transaction() {
+            return Ok(());
+        }
+        if !self.shared.two_phase {
+            return Err(FrontendError::route(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a statement without the shard key would need every shard, which a transaction cannot span without two-phase commit"
+                    .into(),
+                "filter on the shard key, or run it outside the transaction".into(),
+            ));
+        }
+        if self.status() == b'E' {
+            return Err(FrontendError::route(
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into(),
+                "end it with ROLLBACK".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One connection per node, in node order: fresh ones outside a
+    /// transaction, the transaction's (all nodes joined) inside one.
+    pub(super) async fn every_node(&mut self) -> Result<Vec<Checkout>, FrontendError> {
+        let n = self.shared.pools.len();
+        if !self.in_transaction() {
+            let mut conns = Vec::with_capacity(n);
+            // Pools are taken in node order so two fan-outs cannot deadlock.
+            for pool in self.shared.pools.clone().iter() {
+                conns.push(pool.checkout().await?);
+            }
+            return Ok(conns);
+        }
+        if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
+            self.tx_begin = prelude;
+        }
+        let mut have: Vec<Option<Checkout>> = (0..n).map(|_| None).collect();
+        if let Some(c) = self.attached.take() {
+            self.home = c.node();
+            let i = c.node();
+            have[i] = Some(c);
+        } else {
+            self.home = self.shared.default_node;
+        }
+        for c in self.joined.drain(..) {
+            let i = c.node();
+            have[i] = Some(c);
+        }
+        for (i, slot) in have.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let mut c = self.shared.pools[i].checkout().await?;
+            let mut out = BytesMut::new();
+            let mut ex = Exchange::default();
+            self.prelude(&mut c, &mut out, &mut ex);
+            for sql in &self.tx_begin {
+                out.extend_from_slice(&encode_query(sql).bytes);
+                ex.push(Expect::swallow(Until::Query));
+            }
+            c.write_all(&out).await?;
+            self.pump(&mut c, &mut ex).await?;
+            *slot = Some(c);
+        }
+        Ok(have.into_iter().flatten().collect())
+    }
+
+    /// Gives connections from `every_node` back: to their pools, or to the
+    /// transaction they joined.
+    pub(super) fn give_back(&mut self, conns: Vec<Checkout>) {
+        if !conns.iter().any(|c| c.status == b'T' || c.status == b'E') {
+            return;
+        }
+        for c in conns {
+            if c.node() == self.home {
+                self.attached = Some(c);
+            } else {
+                self.joined.push(c);
+            }
+        }
+        if let Some(c) = &self.attached {
+            self.set_cancel(&[c]);
+        }
+    }
+}
