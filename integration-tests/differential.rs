@@ -163,7 +163,7 @@ fn nulls(rng: &mut StdRng) -> &'static str {
 
 fn case(rng: &mut StdRng) -> Case {
     let w = where_clause(rng);
-    match rng.random_range(0..11) {
+    match rng.random_range(0..12) {
         // Row-wise, unordered: concatenation.
         0 => Case {
             sql: format!("SELECT id, name, qty FROM items{w}"),
@@ -254,6 +254,29 @@ fn case(rng: &mut StdRng) -> Case {
             ordered: false,
             refused: false,
         },
+        // A sub-select in FROM that itself needs merging.
+        10 => {
+            let (sql, ordered) = match rng.random_range(0..4) {
+                0 => (format!("SELECT count(*) FROM (SELECT DISTINCT grp FROM items{w}) d"), false),
+                1 => (
+                    format!("SELECT avg(c), max(c), sum(s) FROM (SELECT grp, count(*) AS c, sum(qty) AS s FROM items{w} GROUP BY grp) t"),
+                    false,
+                ),
+                2 => (
+                    format!("SELECT t.g, t.c FROM (SELECT grp AS g, count(*) AS c FROM items{w} GROUP BY grp) t WHERE t.c > {} ORDER BY t.g NULLS FIRST", rng.random_range(0..60)),
+                    true,
+                ),
+                _ => (
+                    format!("SELECT * FROM (SELECT id, qty FROM items{w} ORDER BY qty DESC NULLS LAST, id LIMIT {}) t ORDER BY id", rng.random_range(0..30)),
+                    true,
+                ),
+            };
+            Case {
+                sql,
+                ordered,
+                refused: false,
+            }
+        }
         // Constructs that cannot be merged exactly: refused.
         _ => Case {
             sql: pick(
@@ -266,7 +289,7 @@ fn case(rng: &mut StdRng) -> Case {
                     "WITH x AS (SELECT * FROM items) SELECT count(*) FROM x",
                     "SELECT a.id FROM items a JOIN items b ON a.grp = b.grp",
                     "SELECT c.label, i.id FROM cats c LEFT JOIN items i ON i.grp = c.grp",
-                    "SELECT count(*) FROM (SELECT DISTINCT grp FROM items) d",
+                    "SELECT d.grp, i.id FROM (SELECT DISTINCT grp FROM items) d JOIN items i ON i.grp = d.grp",
                 ],
             )
             .to_string(),

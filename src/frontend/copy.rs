@@ -80,7 +80,7 @@ impl Session {
             if let CopySource::Query(q) = source {
                 match merge::plan(&q.to_string(), &self.shared.merge_catalog) {
                     Ok(Fanout::Concat) => {}
-                    Ok(Fanout::Merge(_)) => {
+                    Ok(Fanout::Merge(_) | Fanout::Nested(_)) => {
                         return Err(refused("COPY (query) TO STDOUT where the query sorts, groups, limits or de-duplicates across shards; run the query itself".into()))
                     }
                     Err(r) => return Err(refused(r.0)),

@@ -42,17 +42,26 @@ impl Session {
     ) -> Result<Outcome, FrontendError> {
         let sql = match &work {
             Work::Simple(f) => parse_query(f)?,
-            Work::Batch(msgs, _) => match executed_statement(msgs) {
-                Some((stmt, _)) => stmt,
-                // A prepare (Describe without Execute): any node describes it.
+            Work::Batch(msgs, _) => match msgs.iter().find_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }) {
+                Some(sql) => sql,
+                // A prepare (Describe without Bind): any node describes it.
                 None => return self.fanout(work, started).await,
             },
         };
         let plan = match merge::plan(sql, &self.shared.merge_catalog) {
             Ok(Fanout::Concat) => return self.fanout(work, started).await,
-            Ok(Fanout::Merge(p)) => p,
+            Ok(job) => job,
             Err(r) => return Err(refused(r.0)),
         };
+        if let Work::Batch(msgs, _) = &work {
+            if executed_statement(msgs).is_none() {
+                // Never concatenate what must be merged.
+                return Err(refused("a cross-shard query that needs merging must be bound and executed once per Sync, for all its rows (no row limit on Execute)".into()));
+            }
+        }
         let mut conns = self.every_node().await?;
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
         let result = self.merge_on(&mut conns, &plan, work).await;
@@ -74,7 +83,7 @@ impl Session {
     async fn merge_on(
         &mut self,
         conns: &mut [Checkout],
-        plan: &merge::Plan,
+        plan: &Fanout,
         work: Work<'_>,
     ) -> Result<Outcome, FrontendError> {
         // The client's session settings on every connection first.
@@ -91,7 +100,7 @@ impl Session {
         match work {
             Work::Simple(f) => {
                 let sql = parse_query(f)?;
-                let r = merge::run(
+                let r = run_job(
                     plan,
                     &Request::simple(sql),
                     conns,
@@ -148,7 +157,7 @@ impl Session {
     async fn merge_batch(
         &mut self,
         conns: &mut [Checkout],
-        plan: &merge::Plan,
+        plan: &Fanout,
         msgs: &[Msg],
         max: usize,
     ) -> Result<Outcome, FrontendError> {
@@ -172,7 +181,7 @@ impl Session {
             params: b.params_section(),
             result_formats: &formats,
         };
-        let r = merge::run(plan, &req, conns, &self.shared.type_names, max).await;
+        let r = run_job(plan, &req, conns, &self.shared.type_names, max).await;
         let (merged, failure) = match r {
             Ok(m) => (Some(m), None),
             Err(e) => (None, Some(e)),
@@ -217,6 +226,21 @@ impl Session {
             }
         }
         Ok(Outcome { error: failed })
+    }
+}
+
+/// Runs a merge job (see `merge::plan`).
+async fn run_job(
+    job: &Fanout,
+    req: &Request<'_>,
+    conns: &mut [Checkout],
+    types: &merge::TypeNames,
+    max: usize,
+) -> Result<Merged, MergeError> {
+    match job {
+        Fanout::Merge(p) => merge::run(p, req, conns, types, max).await,
+        Fanout::Nested(n) => merge::run_nested(n, req, conns, types, max).await,
+        Fanout::Concat => Err(merge::Refusal("nothing to merge".into()).into()),
     }
 }
 

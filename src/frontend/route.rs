@@ -120,14 +120,12 @@ pub fn decide(
         } => {
             let mut chosen: Option<(NodeId, PartitionId, Option<NodeId>)> = None;
             let mut spread = false;
-            let mut row_nodes = Vec::new();
             for k in keys {
                 let value = resolve(k, values, bind, *key_type, t)?;
                 let Some(h) = hash_key(&value, *key_type) else {
                     // NULL never matches `key = NULL`; an INSERT of a NULL key
                     // is refused by the NOT NULL it should carry. Either way
                     // no shard owns it: send it to the first key's owner.
-                    row_nodes.push(None);
                     continue;
                 };
                 let p = table.lookup(h);
@@ -145,7 +143,6 @@ pub fn decide(
                     ));
                 }
                 let mirror = if write { p.write_nodes().nth(1) } else { None };
-                row_nodes.push(Some(p.node));
                 match chosen {
                     None => chosen = Some((p.node, p.id, mirror)),
                     Some((n, _, _)) if n == p.node => {}
@@ -170,10 +167,18 @@ pub fn decide(
                     Dest::AllNodes
                 }
                 (Some((first, _, _)), true) if shape.command == Command::Insert => {
+                    // Rare: the rows' nodes again, one per row (NULL keys
+                    // go with the first row's node and fail there).
                     multi_write = true;
-                    Dest::Split {
-                        nodes: row_nodes.into_iter().map(|n| n.unwrap_or(first)).collect(),
+                    let mut nodes = Vec::with_capacity(keys.len());
+                    for k in keys {
+                        let value = resolve(k, values, bind, *key_type, t)?;
+                        nodes.push(match hash_key(&value, *key_type) {
+                            Some(h) => table.lookup(h).node,
+                            None => first,
+                        });
                     }
+                    Dest::Split { nodes }
                 }
                 (Some(_), true) => {
                     return Err(FrontendError::route(

@@ -14,6 +14,6 @@ pub mod render;
 pub mod run;
 pub mod split;
 
-pub use plan::{plan, Catalog, Fanout, Plan, Refusal};
+pub use plan::{plan, Catalog, Fanout, Nested, Plan, Refusal};
 pub use render::TypeNames;
-pub use run::{run, MergeError, Merged, Request};
+pub use run::{run, run_nested, MergeError, Merged, Request};

@@ -121,6 +121,8 @@ pub enum Fanout {
     Concat,
     /// Needs combining: see [`Plan`].
     Merge(Plan),
+    /// A sub-select that needs combining, under an outer query.
+    Nested(Box<Nested>),
 }
 
 /// A statement that cannot be answered exactly across shards; becomes
@@ -153,6 +155,22 @@ pub enum Piece {
         sum: usize,
         count: usize,
     },
+    /// In a nested plan's outer query: the sub-select's merged rows.
+    Inner,
+}
+
+/// A query whose FROM holds a sub-select that needs merging (it
+/// aggregates, sorts or limits a sharded table): the sub-select is merged
+/// first, then the outer query runs on one node over its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nested {
+    pub inner: Plan,
+    pub inner_sql: String,
+    /// The outer query with [`Piece::Inner`] where the sub-select was.
+    pub outer: Vec<Piece>,
+    /// The sub-select's alias and column aliases (if any).
+    pub alias: String,
+    pub columns: Vec<String>,
 }
 
 /// The two steps of a merged read.
@@ -213,6 +231,9 @@ impl Planner<'_> {
         };
         if sel.into.is_some() {
             return refuse("SELECT INTO from a sharded table without its shard key");
+        }
+        if let Some(n) = self.nested(q, sel)? {
+            return Ok(Fanout::Nested(Box::new(n)));
         }
         self.check_from(&sel.from, sel.selection.as_ref())?;
         if let Some(w) = &sel.selection {
@@ -346,6 +367,89 @@ impl Planner<'_> {
         }
     }
 
+    /// A FROM sub-select over a sharded table that needs merging, with
+    /// nothing else in the statement touching a sharded table: planned as
+    /// the merged sub-select under an outer query that one node runs.
+    fn nested(&self, q: &Query, sel: &Select) -> Result<Option<Nested>, Refusal> {
+        const HOLE: &str = "__sc_inner__";
+        let mut found = None;
+        for (t, twj) in sel.from.iter().enumerate() {
+            let factors =
+                std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
+            for (j, f) in factors.enumerate() {
+                if let TableFactor::Derived {
+                    lateral: false,
+                    subquery,
+                    alias,
+                    ..
+                } = f
+                {
+                    if self.mentions_sharded(subquery.as_ref()) {
+                        if found.is_some() {
+                            return Ok(None);
+                        }
+                        found = Some((t, j, subquery.clone(), alias.clone()));
+                    }
+                }
+            }
+        }
+        let Some((t, j, subquery, alias)) = found else {
+            return Ok(None);
+        };
+        let inner = match self.query(&subquery)? {
+            Fanout::Merge(p) => p,
+            _ => return Ok(None),
+        };
+        // The outer query with a placeholder table where the sub-select was.
+        let mut outer = q.clone();
+        if let SetExpr::Select(s) = outer.body.as_mut() {
+            let twj = &mut s.from[t];
+            let slot = if j == 0 {
+                &mut twj.relation
+            } else {
+                &mut twj.joins[j - 1].relation
+            };
+            *slot = TableFactor::Table {
+                name: ObjectName::from(vec![Ident::new(HOLE)]),
+                alias: None,
+                args: None,
+                with_hints: Vec::new(),
+                version: None,
+                with_ordinality: false,
+                partitions: Vec::new(),
+                json_path: None,
+                sample: None,
+                index_directives: Vec::new(),
+                inheritance: None,
+            };
+        }
+        if self.mentions_sharded(&outer) {
+            return refuse("a sub-select that needs merging together with another sharded table in the same query");
+        }
+        let text = outer.to_string();
+        let Some((before, after)) = text.split_once(HOLE) else {
+            return Ok(None);
+        };
+        let (alias, columns) = match &alias {
+            Some(a) => (
+                a.name.to_string(),
+                a.columns.iter().map(|c| c.name.to_string()).collect(),
+            ),
+            None => ("_sc_inner".to_string(), Vec::new()),
+        };
+        Ok(Some(Nested {
+            inner,
+            inner_sql: subquery.to_string(),
+            outer: vec![
+                Piece::Text(before.into()),
+                Piece::Inner,
+                Piece::Text(after.into()),
+            ],
+            alias,
+            columns,
+        }))
+    }
+
     /// Records the sharded tables of one FROM item; true if it has any.
     fn factor(&self, f: &TableFactor, occ: &mut Vec<Occurrence>) -> Result<bool, Refusal> {
         match f {
@@ -375,8 +479,8 @@ impl Planner<'_> {
                 }
                 match self.query(subquery)? {
                     Fanout::Concat => {}
-                    Fanout::Merge(_) => {
-                        return refuse("a sub-select in FROM that aggregates, sorts, limits or de-duplicates a sharded table without its shard key")
+                    Fanout::Merge(_) | Fanout::Nested(_) => {
+                        return refuse("a sub-select in FROM that aggregates, sorts, limits or de-duplicates a sharded table, joined with other tables across shards")
                     }
                 }
                 let SetExpr::Select(inner) = subquery.body.as_ref() else {
@@ -1230,11 +1334,35 @@ mod tests {
                 .contains("outer join")
         );
         assert!(refused("SELECT grp FROM items UNION SELECT grp FROM items").contains("UNION"));
-        assert!(
-            refused("SELECT count(*) FROM (SELECT DISTINCT grp FROM items) d")
-                .contains("sub-select")
-        );
+        assert!(refused(
+            "SELECT * FROM (SELECT DISTINCT grp FROM items) d JOIN orders o ON o.grp = d.grp"
+        )
+        .contains("another sharded table"));
         assert!(refused("SELECT qty, count(*) FROM items GROUP BY grp").contains("qty"));
+    }
+
+    #[test]
+    fn a_sub_select_that_needs_merging_is_merged_first() {
+        let Ok(Fanout::Nested(n)) = plan(
+            "SELECT avg(c) FROM (SELECT grp, count(*) AS c FROM items GROUP BY grp) AS s (g, c) WHERE c > 1",
+            &catalog(),
+        ) else {
+            panic!("not nested")
+        };
+        assert_eq!(
+            n.inner.partial,
+            "SELECT grp, count(*) FROM items GROUP BY 1"
+        );
+        assert_eq!(n.alias, "s");
+        assert_eq!(n.columns, vec!["g".to_string(), "c".to_string()]);
+        assert_eq!(
+            n.outer,
+            vec![
+                Piece::Text("SELECT avg(c) FROM ".into()),
+                Piece::Inner,
+                Piece::Text(" WHERE c > 1".into())
+            ]
+        );
     }
 
     #[test]

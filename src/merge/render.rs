@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use parking_lot::RwLock;
 
-use super::plan::{Piece, Plan};
+use super::plan::{Nested, Piece, Plan};
 use crate::protocol::rows::values;
 use crate::protocol::{Frame, ProtocolError};
 
@@ -145,19 +145,52 @@ pub fn final_sql(plan: &Plan, p: &Partial<'_>) -> Result<String, ProtocolError> 
                     )),
                 }
             }
-            Piece::Values => values_relation(&mut sql, p)?,
+            Piece::Values => {
+                let names: Vec<String> = (1..=n).map(|i| format!("c{i}")).collect();
+                values_relation(&mut sql, p.types, p.rows, "_sc", &names)?
+            }
+            Piece::Inner => {}
         }
     }
     Ok(sql)
 }
 
-/// `(VALUES (…), …) AS _sc(c1, …)`, the first row's values cast to their
+/// The outer query of a nested plan over the sub-select's rows.
+pub fn outer_sql(
+    nested: &Nested,
+    types: &[String],
+    names: &[String],
+    rows: &[Frame],
+) -> Result<String, ProtocolError> {
+    let cols: Vec<String> = if nested.columns.is_empty() {
+        names.iter().map(|n| quote_ident(n)).collect()
+    } else {
+        nested.columns.clone()
+    };
+    let mut sql = String::new();
+    for piece in &nested.outer {
+        match piece {
+            Piece::Text(t) => sql.push_str(t),
+            Piece::Inner => values_relation(&mut sql, types, rows, &nested.alias, &cols)?,
+            _ => {}
+        }
+    }
+    Ok(sql)
+}
+
+/// `(VALUES (…), …) AS alias(c1, …)`, the first row's values cast to their
 /// types (the other rows follow them); no rows: a typed empty relation.
-fn values_relation(sql: &mut String, p: &Partial<'_>) -> Result<(), ProtocolError> {
-    let n = p.types.len();
-    if p.rows.is_empty() {
+fn values_relation(
+    sql: &mut String,
+    types: &[String],
+    rows: &[Frame],
+    alias: &str,
+    names: &[String],
+) -> Result<(), ProtocolError> {
+    let n = types.len();
+    if rows.is_empty() {
         sql.push_str("(SELECT ");
-        for (i, t) in p.types.iter().enumerate() {
+        for (i, t) in types.iter().enumerate() {
             if i > 0 {
                 sql.push_str(", ");
             }
@@ -166,7 +199,7 @@ fn values_relation(sql: &mut String, p: &Partial<'_>) -> Result<(), ProtocolErro
         sql.push_str(" WHERE false)");
     } else {
         sql.push_str("(VALUES ");
-        for (r, row) in p.rows.iter().enumerate() {
+        for (r, row) in rows.iter().enumerate() {
             let vals = values(row)?;
             if vals.len() != n {
                 return Err(ProtocolError::Malformed {
@@ -184,15 +217,14 @@ fn values_relation(sql: &mut String, p: &Partial<'_>) -> Result<(), ProtocolErro
                     Some(b) => quote_literal(sql, b),
                 }
                 if r == 0 {
-                    sql.push_str(&format!("::{}", p.types[i]));
+                    sql.push_str(&format!("::{}", types[i]));
                 }
             }
             sql.push(')');
         }
         sql.push(')');
     }
-    let cols: Vec<String> = (1..=n).map(|i| format!("c{i}")).collect();
-    sql.push_str(&format!(" AS _sc({})", cols.join(", ")));
+    sql.push_str(&format!(" AS {alias}({})", names.join(", ")));
     Ok(())
 }
 

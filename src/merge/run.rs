@@ -6,8 +6,8 @@
 
 use bytes::BytesMut;
 
-use super::plan::{Plan, Refusal};
-use super::render::{final_sql, Partial, TypeNames};
+use super::plan::{Nested, Plan, Refusal};
+use super::render::{final_sql, outer_sql, Partial, TypeNames};
 use crate::backend::{BackendError, Checkout, ServerConn};
 use crate::protocol::messages::{encode_parse, encode_query, encode_target};
 use crate::protocol::rows::{
@@ -103,22 +103,29 @@ async fn read_round(conn: &mut ServerConn, keep: usize) -> Result<Round, Backend
     }
 }
 
-pub async fn run(
-    plan: &Plan,
-    req: &Request<'_>,
-    conns: &mut [Checkout],
-    types: &TypeNames,
-    max_rows: usize,
-) -> Result<Merged, MergeError> {
-    // 1. The client's statement, described by one node: an invalid query
-    //    fails here with the server's own words.
+/// The client's statement as one node describes it.
+struct Described {
+    parameters: Frame,
+    description: Frame,
+    /// The parameter-type section with every type resolved.
+    ptypes: Vec<u8>,
+    names: Vec<String>,
+    oids: Vec<u32>,
+}
+
+/// Parse + Describe of `sql` on one node: an invalid query fails here
+/// with the server's own words.
+async fn describe(
+    conn: &mut ServerConn,
+    sql: &str,
+    param_types: &[u8],
+) -> Result<Described, MergeError> {
     let mut out = BytesMut::new();
-    out.extend_from_slice(&encode_parse("", req.sql, req.param_types).bytes);
+    out.extend_from_slice(&encode_parse("", sql, param_types).bytes);
     out.extend_from_slice(&encode_target(b'D', b'S', "").bytes);
     out.extend_from_slice(&encode_sync().bytes);
-    let first = &mut conns[0];
-    first.write_all(&out).await?;
-    let described = read_round(first, 0).await?;
+    conn.write_all(&out).await?;
+    let described = read_round(conn, 0).await?;
     if let Some(e) = described.error {
         return Err(MergeError::Server(e));
     }
@@ -126,18 +133,32 @@ pub async fn run(
     else {
         return Err(Refusal("this statement returns no rows; it cannot be merged".into()).into());
     };
-    let param_oids = parameter_types(&parameters).map_err(|e| malformed(first, e))?;
-    let output_names: Vec<String> = columns(&description)
-        .map_err(|e| malformed(first, e))?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
-    let ptypes = param_types_section(&param_oids);
+    let param_oids = parameter_types(&parameters).map_err(|e| malformed(conn, e))?;
+    let cols = columns(&description).map_err(|e| malformed(conn, e))?;
+    Ok(Described {
+        ptypes: param_types_section(&param_oids),
+        names: cols.iter().map(|c| c.name.clone()).collect(),
+        oids: cols.iter().map(|c| c.type_oid).collect(),
+        parameters,
+        description,
+    })
+}
 
-    // 2. The partial query on every node, in parallel (all sent, then read).
-    out.clear();
-    out.extend_from_slice(&encode_parse("", &plan.partial, &ptypes).bytes);
-    out.extend_from_slice(&encode_bind(req.params, &[0]).bytes);
+/// Runs a plan: the partial query on every node, the final one on the
+/// first; returns the final rows in `result_formats`.
+async fn execute_plan(
+    plan: &Plan,
+    d: &Described,
+    params: &[u8],
+    result_formats: &[i16],
+    conns: &mut [Checkout],
+    types: &TypeNames,
+    max_rows: usize,
+) -> Result<Vec<Frame>, MergeError> {
+    // The partial query on every node, in parallel (all sent, then read).
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&encode_parse("", &plan.partial, &d.ptypes).bytes);
+    out.extend_from_slice(&encode_bind(params, &[0]).bytes);
     out.extend_from_slice(&encode_target(b'D', b'P', "").bytes);
     out.extend_from_slice(&encode_execute().bytes);
     out.extend_from_slice(&encode_sync().bytes);
@@ -182,41 +203,117 @@ pub async fn run(
         .iter()
         .map(|c| c.type_oid)
         .collect();
-    learn_types(first, types, &oids).await?;
-    let type_names: Vec<String> = oids
-        .iter()
-        .map(|o| types.get(*o).unwrap_or_else(|| "text".into()))
-        .collect();
+    let type_names = names_of(first, types, &oids).await?;
 
-    // 3. The final query over the gathered rows, on the first node, in the
-    //    formats the client asked for.
+    // The final query over the gathered rows, on the first node.
     let sql = final_sql(
         plan,
         &Partial {
             types: &type_names,
             oids: &oids,
             rows: &rows,
-            output_names: &output_names,
+            output_names: &d.names,
         },
     )
     .map_err(|e| malformed(first, e))?;
     drop(rows);
-    out.clear();
-    out.extend_from_slice(&encode_parse("", &sql, &ptypes).bytes);
-    out.extend_from_slice(&encode_bind(req.params, req.result_formats).bytes);
+    run_final(first, &sql, &d.ptypes, params, result_formats).await
+}
+
+/// Parse/Bind/Execute/Sync of `sql` on one node; its rows.
+async fn run_final(
+    conn: &mut ServerConn,
+    sql: &str,
+    ptypes: &[u8],
+    params: &[u8],
+    result_formats: &[i16],
+) -> Result<Vec<Frame>, MergeError> {
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&encode_parse("", sql, ptypes).bytes);
+    out.extend_from_slice(&encode_bind(params, result_formats).bytes);
     out.extend_from_slice(&encode_execute().bytes);
     out.extend_from_slice(&encode_sync().bytes);
-    first.write_all(&out).await?;
-    let done = read_round(first, usize::MAX).await?;
-    if let Some(e) = done.error {
-        return Err(MergeError::Server(e));
+    conn.write_all(&out).await?;
+    let done = read_round(conn, usize::MAX).await?;
+    match done.error {
+        Some(e) => Err(MergeError::Server(e)),
+        None => Ok(done.rows),
     }
+}
+
+/// The SQL names of `oids`, asking the node for those not known yet.
+async fn names_of(
+    conn: &mut ServerConn,
+    types: &TypeNames,
+    oids: &[u32],
+) -> Result<Vec<String>, MergeError> {
+    learn_types(conn, types, oids).await?;
+    Ok(oids
+        .iter()
+        .map(|o| types.get(*o).unwrap_or_else(|| "text".into()))
+        .collect())
+}
+
+pub async fn run(
+    plan: &Plan,
+    req: &Request<'_>,
+    conns: &mut [Checkout],
+    types: &TypeNames,
+    max_rows: usize,
+) -> Result<Merged, MergeError> {
+    let d = describe(&mut conns[0], req.sql, req.param_types).await?;
+    let rows = execute_plan(
+        plan,
+        &d,
+        req.params,
+        req.result_formats,
+        conns,
+        types,
+        max_rows,
+    )
+    .await?;
     let description =
-        with_formats(&description, req.result_formats).map_err(|e| malformed(first, e))?;
+        with_formats(&d.description, req.result_formats).map_err(|e| malformed(&conns[0], e))?;
     Ok(Merged {
-        parameters,
+        parameters: d.parameters,
         description,
-        rows: done.rows,
+        rows,
+    })
+}
+
+/// A query whose FROM is a sub-select that needs merging: the sub-select
+/// is answered first (merged, in text), then the outer query runs on the
+/// first node over its rows.
+pub async fn run_nested(
+    nested: &Nested,
+    req: &Request<'_>,
+    conns: &mut [Checkout],
+    types: &TypeNames,
+    max_rows: usize,
+) -> Result<Merged, MergeError> {
+    let d = describe(&mut conns[0], req.sql, req.param_types).await?;
+    let inner = describe(&mut conns[0], &nested.inner_sql, &d.ptypes).await?;
+    let rows = execute_plan(
+        &nested.inner,
+        &inner,
+        req.params,
+        &[0],
+        conns,
+        types,
+        max_rows,
+    )
+    .await?;
+    let first = &mut conns[0];
+    let type_names = names_of(first, types, &inner.oids).await?;
+    let sql =
+        outer_sql(nested, &type_names, &inner.names, &rows).map_err(|e| malformed(first, e))?;
+    let rows = run_final(first, &sql, &d.ptypes, req.params, req.result_formats).await?;
+    let description =
+        with_formats(&d.description, req.result_formats).map_err(|e| malformed(first, e))?;
+    Ok(Merged {
+        parameters: d.parameters,
+        description,
+        rows,
     })
 }
 
