@@ -219,12 +219,12 @@ impl Session {
             conn.session = fp;
         }
         if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
-            // Kept for nodes that join the transaction later.
-            self.tx_begin = prelude.clone();
-            for sql in prelude {
-                out.extend_from_slice(&encode_query(&sql).bytes);
+            for sql in &prelude {
+                out.extend_from_slice(&encode_query(sql).bytes);
                 ex.push(Expect::swallow(Until::Query));
             }
+            // Kept for nodes that join the transaction later.
+            self.tx_begin = prelude;
         }
     }
 

@@ -9,6 +9,8 @@
 //! The frontend calls this room through one seam: [`plan`] to classify a
 //! fan-out read, [`run`] to answer it on connections it checked out.
 
+mod aggregate;
+mod from;
 pub mod plan;
 pub mod render;
 pub mod run;

@@ -14,14 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    DuplicateTreatment, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
-    GroupByExpr, Ident, JoinConstraint, JoinOperator, LimitClause, ObjectName, ObjectNamePart,
-    OrderByExpr, OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr, Statement,
-    TableFactor, TableWithJoins, Value, VisitMut, VisitorMut,
+    Expr, Function, GroupByExpr, Ident, LimitClause, ObjectName, ObjectNamePart, OrderByExpr,
+    OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr, Statement, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::aggregate::{expand, Rewriter};
 use crate::config::{KeyType, TableConfig};
 
 /// What the planner knows of the database: the sharded tables and which
@@ -105,11 +104,11 @@ impl Catalog {
             .extend(names.into_iter().map(|n| n.to_ascii_lowercase()));
     }
 
-    fn sharded(&self, name: &ObjectName) -> Option<&(String, KeyType)> {
+    pub(super) fn sharded(&self, name: &ObjectName) -> Option<&(String, KeyType)> {
         self.tables.get(&last_part(name)?)
     }
 
-    fn is_aggregate(&self, f: &Function) -> bool {
+    pub(super) fn is_aggregate(&self, f: &Function) -> bool {
         last_part(&f.name).is_some_and(|n| self.aggregates.contains(&n))
     }
 }
@@ -131,7 +130,7 @@ pub enum Fanout {
 #[error("{0}")]
 pub struct Refusal(pub String);
 
-fn refuse<T>(msg: impl Into<String>) -> Result<T, Refusal> {
+pub(super) fn refuse<T>(msg: impl Into<String>) -> Result<T, Refusal> {
     Err(Refusal(msg.into()))
 }
 
@@ -202,12 +201,12 @@ pub fn plan(sql: &str, catalog: &Catalog) -> Result<Fanout, Refusal> {
     Planner { catalog }.query(q)
 }
 
-struct Planner<'a> {
-    catalog: &'a Catalog,
+pub(super) struct Planner<'a> {
+    pub(super) catalog: &'a Catalog,
 }
 
 impl Planner<'_> {
-    fn query(&self, q: &Query) -> Result<Fanout, Refusal> {
+    pub(super) fn query(&self, q: &Query) -> Result<Fanout, Refusal> {
         if q.with.is_some() {
             return refuse(
                 "WITH (a common table expression) over a sharded table without its shard key",
@@ -275,283 +274,6 @@ impl Planner<'_> {
             self.grouped(sel, tail)
         } else {
             self.rows(sel, tail)
-        }
-    }
-
-    /// FROM: one sharded table (possibly inside plain sub-selects), joined
-    /// only with tables every node holds, or sharded tables joined on
-    /// their shard keys (co-located: the same key lives on one node).
-    fn check_from(&self, from: &[TableWithJoins], selection: Option<&Expr>) -> Result<(), Refusal> {
-        let mut occ: Vec<Occurrence> = Vec::new();
-        let mut eqs: Vec<(Expr, Expr)> = Vec::new();
-        if let Some(w) = selection {
-            equalities(w, &mut eqs);
-        }
-        for twj in from {
-            let mut left_sharded = self.factor(&twj.relation, &mut occ)?;
-            for j in &twj.joins {
-                let right_sharded = self.factor(&j.relation, &mut occ)?;
-                let (preserves_left, preserves_right, constraint) = match &j.join_operator {
-                    JoinOperator::Join(c) | JoinOperator::Inner(c) => (false, false, Some(c)),
-                    JoinOperator::CrossJoin(c) => (false, false, Some(c)),
-                    JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (true, false, Some(c)),
-                    JoinOperator::Right(c) | JoinOperator::RightOuter(c) => (false, true, Some(c)),
-                    JoinOperator::FullOuter(c) => (true, true, Some(c)),
-                    _ => (true, true, None),
-                };
-                // An outer join that preserves a side without the sharded
-                // table would repeat that side's unmatched rows once per node.
-                if (preserves_left && !left_sharded) || (preserves_right && !right_sharded) {
-                    return refuse("an outer join that keeps the rows of a table other than the sharded one, across shards");
-                }
-                match constraint {
-                    Some(JoinConstraint::On(e)) => equalities(e, &mut eqs),
-                    Some(JoinConstraint::Using(cols)) => {
-                        for c in cols {
-                            if let Some(n) = last_part(c) {
-                                eqs.push((
-                                    Expr::Identifier(Ident::new(format!("\u{1}using.{n}"))),
-                                    Expr::Identifier(Ident::new(format!("\u{1}using.{n}"))),
-                                ));
-                            }
-                        }
-                    }
-                    Some(JoinConstraint::None) | None => {}
-                    Some(_) => return refuse("NATURAL join across shards"),
-                }
-                left_sharded |= right_sharded;
-            }
-        }
-        if occ.len() <= 1 {
-            return Ok(());
-        }
-        // Co-location: every sharded occurrence is linked to the others by
-        // `a.key = b.key` (or USING (key)).
-        let n = occ.len();
-        let mut group: Vec<usize> = (0..n).collect();
-        fn find(g: &mut [usize], i: usize) -> usize {
-            let mut r = i;
-            while g[r] != r {
-                r = g[r];
-            }
-            g[i] = r;
-            r
-        }
-        for (a, b) in &eqs {
-            let using = |e: &Expr| match e {
-                Expr::Identifier(id) => id.value.strip_prefix("\u{1}using.").map(str::to_string),
-                _ => None,
-            };
-            if let (Some(ua), Some(_)) = (using(a), using(b)) {
-                // USING (col): links every pair whose key is col.
-                let with: Vec<usize> = (0..n).filter(|&i| occ[i].key == ua).collect();
-                for w in with.windows(2) {
-                    let (x, y) = (find(&mut group, w[0]), find(&mut group, w[1]));
-                    group[x] = y;
-                }
-                continue;
-            }
-            let (Some(x), Some(y)) = (key_occurrence(a, &occ), key_occurrence(b, &occ)) else {
-                continue;
-            };
-            if occ[x].key_type.hash_compatible(occ[y].key_type) {
-                let (x, y) = (find(&mut group, x), find(&mut group, y));
-                group[x] = y;
-            }
-        }
-        let root = find(&mut group, 0);
-        if (1..n).all(|i| find(&mut group, i) == root) {
-            Ok(())
-        } else {
-            refuse("a join of sharded tables that is not on their shard keys (rows that match may live on different nodes)")
-        }
-    }
-
-    /// A FROM sub-select over a sharded table that needs merging, with
-    /// nothing else in the statement touching a sharded table: planned as
-    /// the merged sub-select under an outer query that one node runs.
-    fn nested(&self, q: &Query, sel: &Select) -> Result<Option<Nested>, Refusal> {
-        const HOLE: &str = "__sc_inner__";
-        let mut found = None;
-        for (t, twj) in sel.from.iter().enumerate() {
-            let factors =
-                std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
-            for (j, f) in factors.enumerate() {
-                if let TableFactor::Derived {
-                    lateral: false,
-                    subquery,
-                    alias,
-                    ..
-                } = f
-                {
-                    if self.mentions_sharded(subquery.as_ref()) {
-                        if found.is_some() {
-                            return Ok(None);
-                        }
-                        found = Some((t, j, subquery.clone(), alias.clone()));
-                    }
-                }
-            }
-        }
-        let Some((t, j, subquery, alias)) = found else {
-            return Ok(None);
-        };
-        let inner = match self.query(&subquery)? {
-            Fanout::Merge(p) => p,
-            _ => return Ok(None),
-        };
-        // The outer query with a placeholder table where the sub-select was.
-        let mut outer = q.clone();
-        if let SetExpr::Select(s) = outer.body.as_mut() {
-            let twj = &mut s.from[t];
-            let slot = if j == 0 {
-                &mut twj.relation
-            } else {
-                &mut twj.joins[j - 1].relation
-            };
-            *slot = TableFactor::Table {
-                name: ObjectName::from(vec![Ident::new(HOLE)]),
-                alias: None,
-                args: None,
-                with_hints: Vec::new(),
-                version: None,
-                with_ordinality: false,
-                partitions: Vec::new(),
-                json_path: None,
-                sample: None,
-                index_directives: Vec::new(),
-                inheritance: None,
-            };
-        }
-        if self.mentions_sharded(&outer) {
-            return refuse("a sub-select that needs merging together with another sharded table in the same query");
-        }
-        let text = outer.to_string();
-        let Some((before, after)) = text.split_once(HOLE) else {
-            return Ok(None);
-        };
-        let (alias, columns) = match &alias {
-            Some(a) => (
-                a.name.to_string(),
-                a.columns.iter().map(|c| c.name.to_string()).collect(),
-            ),
-            None => ("_sc_inner".to_string(), Vec::new()),
-        };
-        Ok(Some(Nested {
-            inner,
-            inner_sql: subquery.to_string(),
-            outer: vec![
-                Piece::Text(before.into()),
-                Piece::Inner,
-                Piece::Text(after.into()),
-            ],
-            alias,
-            columns,
-        }))
-    }
-
-    /// Records the sharded tables of one FROM item; true if it has any.
-    fn factor(&self, f: &TableFactor, occ: &mut Vec<Occurrence>) -> Result<bool, Refusal> {
-        match f {
-            TableFactor::Table { name, alias, .. } => {
-                let Some((key, key_type)) = self.catalog.sharded(name) else {
-                    return Ok(false);
-                };
-                occ.push(Occurrence {
-                    qualifier: alias
-                        .as_ref()
-                        .map(|a| a.name.value.to_ascii_lowercase())
-                        .or_else(|| last_part(name))
-                        .unwrap_or_default(),
-                    key: key.clone(),
-                    key_type: *key_type,
-                });
-                Ok(true)
-            }
-            TableFactor::Derived {
-                lateral, subquery, ..
-            } => {
-                if !self.mentions_sharded(subquery) {
-                    return Ok(false);
-                }
-                if *lateral {
-                    return refuse("LATERAL sub-select over a sharded table across shards");
-                }
-                match self.query(subquery)? {
-                    Fanout::Concat => {}
-                    Fanout::Merge(_) | Fanout::Nested(_) => {
-                        return refuse("a sub-select in FROM that aggregates, sorts, limits or de-duplicates a sharded table, joined with other tables across shards")
-                    }
-                }
-                let SetExpr::Select(inner) = subquery.body.as_ref() else {
-                    return refuse("this sub-select in FROM across shards");
-                };
-                let before = occ.len();
-                for twj in &inner.from {
-                    self.factor(&twj.relation, occ)?;
-                    for j in &twj.joins {
-                        self.factor(&j.relation, occ)?;
-                    }
-                }
-                // The sub-select's key keeps its name only when it is passed
-                // through unrenamed; a join on it is then co-located.
-                Ok(occ.len() > before)
-            }
-            TableFactor::NestedJoin {
-                table_with_joins, ..
-            } => {
-                let mut any = self.factor(&table_with_joins.relation, occ)?;
-                for j in &table_with_joins.joins {
-                    any |= self.factor(&j.relation, occ)?;
-                }
-                Ok(any)
-            }
-            other => {
-                let mut mentions = false;
-                let _ = sqlparser::ast::visit_relations(other, |r| {
-                    mentions |= self.catalog.sharded(r).is_some();
-                    ControlFlow::<()>::Continue(())
-                });
-                if mentions {
-                    refuse("this FROM item over a sharded table across shards")
-                } else {
-                    Ok(false)
-                }
-            }
-        }
-    }
-
-    fn mentions_sharded<V: sqlparser::ast::Visit>(&self, v: &V) -> bool {
-        let mut found = false;
-        let _ = sqlparser::ast::visit_relations(v, |r| {
-            found |= self.catalog.sharded(r).is_some();
-            ControlFlow::<()>::Continue(())
-        });
-        found
-    }
-
-    /// WHERE runs on each node: a sub-query there over a sharded table
-    /// would see only that node's rows.
-    fn check_where(&self, w: &Expr) -> Result<(), Refusal> {
-        let mut bad = None;
-        let _ = sqlparser::ast::visit_expressions(w, |e| {
-            match e {
-                Expr::Subquery(q)
-                | Expr::Exists { subquery: q, .. }
-                | Expr::In {
-                    target: sqlparser::ast::InTarget::Subquery(q),
-                    ..
-                } if self.mentions_sharded(q.as_ref()) => {
-                    bad = Some("a sub-query over a sharded table inside WHERE, across shards");
-                }
-                Expr::Function(f) if f.over.is_some() => bad = Some("a window function"),
-                _ => {}
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        match bad {
-            Some(b) => refuse(b),
-            None => Ok(()),
         }
     }
 
@@ -805,47 +527,6 @@ struct Tail {
     distinct: bool,
 }
 
-struct Occurrence {
-    qualifier: String,
-    key: String,
-    key_type: KeyType,
-}
-
-/// Which sharded occurrence's key an expression names (`q.key`, or a bare
-/// `key` when only one occurrence has that key name).
-fn key_occurrence(e: &Expr, occ: &[Occurrence]) -> Option<usize> {
-    match e {
-        Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
-            let col = parts[parts.len() - 1].value.to_ascii_lowercase();
-            let q = parts[parts.len() - 2].value.to_ascii_lowercase();
-            occ.iter().position(|o| o.qualifier == q && o.key == col)
-        }
-        Expr::Nested(inner) => key_occurrence(inner, occ),
-        _ => None,
-    }
-}
-
-/// `a = b` terms of the top-level AND of an expression.
-fn equalities(e: &Expr, out: &mut Vec<(Expr, Expr)>) {
-    match e {
-        Expr::BinaryOp {
-            left,
-            op: sqlparser::ast::BinaryOperator::And,
-            right,
-        } => {
-            equalities(left, out);
-            equalities(right, out);
-        }
-        Expr::BinaryOp {
-            left,
-            op: sqlparser::ast::BinaryOperator::Eq,
-            right,
-        } => out.push((*left.clone(), *right.clone())),
-        Expr::Nested(inner) => equalities(inner, out),
-        _ => {}
-    }
-}
-
 fn push_from_where(sql: &mut String, sel: &Select) {
     let from: Vec<String> = sel.from.iter().map(|t| t.to_string()).collect();
     sql.push_str(" FROM ");
@@ -938,7 +619,7 @@ fn aliased<'a>(e: &Expr, projection: &'a [SelectItem]) -> Option<&'a Expr> {
     })
 }
 
-fn last_part(name: &ObjectName) -> Option<String> {
+pub(super) fn last_part(name: &ObjectName) -> Option<String> {
     match name.0.last()? {
         ObjectNamePart::Identifier(id) => Some(if id.quote_style.is_some() {
             id.value.clone()
@@ -947,286 +628,6 @@ fn last_part(name: &ObjectName) -> Option<String> {
         }),
         _ => None,
     }
-}
-
-/// Rewrites expressions of an aggregating query for the final step:
-/// grouping expressions become partial columns, aggregates their
-/// combination over partial columns; every replacement is a placeholder
-/// identifier (`__sc_N__`) expanded to [`Piece`]s afterwards.
-struct Rewriter<'a> {
-    catalog: &'a Catalog,
-    groups: &'a [Expr],
-    /// Partial aggregate expressions (columns after groups and distinct args).
-    partials: Vec<String>,
-    /// Arguments of DISTINCT aggregates: extra partial grouping columns.
-    distinct_args: Vec<Expr>,
-    subs: Vec<Vec<Piece>>,
-    refusal: Option<Refusal>,
-}
-
-const PLACEHOLDER: &str = "__sc_";
-
-impl Rewriter<'_> {
-    fn rewrite(&mut self, e: &Expr) -> Result<Vec<Piece>, Refusal> {
-        let mut e = e.clone();
-        let _ = e.visit(self);
-        if let Some(r) = self.refusal.take() {
-            return Err(r);
-        }
-        // Anything still naming a column was neither grouped nor aggregated.
-        let mut stray = None;
-        let _ = sqlparser::ast::visit_expressions(&e, |x| {
-            match x {
-                Expr::Identifier(id) if !id.value.starts_with(PLACEHOLDER) => {
-                    stray = Some(id.to_string())
-                }
-                Expr::CompoundIdentifier(p) => {
-                    stray = Some(
-                        p.iter()
-                            .map(|i| i.to_string())
-                            .collect::<Vec<_>>()
-                            .join("."),
-                    )
-                }
-                _ => {}
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        if let Some(s) = stray {
-            return refuse(format!(
-                "column {s} must appear in GROUP BY or be used in an aggregate function (across shards)"
-            ));
-        }
-        Ok(vec![Piece::Text(e.to_string())])
-    }
-
-    fn sub(&mut self, pieces: Vec<Piece>) -> Expr {
-        self.subs.push(pieces);
-        Expr::Identifier(Ident::new(format!(
-            "{PLACEHOLDER}{}__",
-            self.subs.len() - 1
-        )))
-    }
-
-    fn partial(&mut self, sql: String) -> usize {
-        let base = self.groups.len() + self.distinct_args.len();
-        if let Some(i) = self.partials.iter().position(|p| *p == sql) {
-            return i + base;
-        }
-        self.partials.push(sql);
-        self.partials.len() - 1 + base
-    }
-
-    /// The final-step replacement of one aggregate call.
-    fn aggregate(&mut self, f: &Function) -> Result<Vec<Piece>, Refusal> {
-        let name = last_part(&f.name).unwrap_or_default();
-        let unsupported = || {
-            Refusal(format!(
-                "aggregate {name}() over a sharded table without its shard key (its partial results cannot be combined exactly)"
-            ))
-        };
-        if !f.within_group.is_empty() || f.null_treatment.is_some() {
-            return Err(unsupported());
-        }
-        let FunctionArguments::List(list) = &f.args else {
-            return Err(unsupported());
-        };
-        if !list.clauses.is_empty() {
-            return Err(Refusal(format!(
-                "{name}() with ORDER BY or other clauses inside, across shards"
-            )));
-        }
-        let distinct = matches!(list.duplicate_treatment, Some(DuplicateTreatment::Distinct));
-        let star = matches!(
-            list.args.as_slice(),
-            [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)]
-        );
-        let arg = match list.args.as_slice() {
-            [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Some(e.clone()),
-            _ if star && name == "count" => None,
-            _ => return Err(unsupported()),
-        };
-        if let Some(a) = &arg {
-            if self.contains_aggregate(a) {
-                return refuse("aggregate function calls cannot be nested");
-            }
-        }
-        let filter = f.filter.as_ref().map(|e| format!(" FILTER (WHERE {e})"));
-        if distinct {
-            if filter.is_some() {
-                return refuse(format!("{name}(DISTINCT …) FILTER (…) across shards"));
-            }
-            let a = arg.ok_or_else(unsupported)?;
-            if !matches!(
-                name.as_str(),
-                "count"
-                    | "sum"
-                    | "avg"
-                    | "min"
-                    | "max"
-                    | "bool_and"
-                    | "bool_or"
-                    | "every"
-                    | "bit_and"
-                    | "bit_or"
-                    | "bit_xor"
-            ) {
-                return Err(unsupported());
-            }
-            // Nodes group by the argument; the final step aggregates the
-            // distinct values it gathered.
-            // Collected before rewriting (see `collect_distinct`).
-            let Some(i) = self.distinct_args.iter().position(|d| *d == a) else {
-                return Err(unsupported());
-            };
-            let col = self.groups.len() + i + 1;
-            return Ok(vec![Piece::Text(format!("{name}(DISTINCT _sc.c{col})"))]);
-        }
-        let whole = |f: &Function| f.to_string();
-        let pieces = match name.as_str() {
-            "count" => {
-                let c = self.partial(whole(f)) + 1;
-                vec![Piece::Text(format!(
-                    "CAST(coalesce(sum(_sc.c{c}), 0) AS int8)"
-                ))]
-            }
-            "sum" => {
-                let c = self.partial(whole(f)) + 1;
-                vec![
-                    Piece::Text(format!("CAST(sum(_sc.c{c}) AS ")),
-                    Piece::TypeOf(c - 1),
-                    Piece::Text(")".into()),
-                ]
-            }
-            "min" | "max" | "bool_and" | "bool_or" | "bit_and" | "bit_or" | "bit_xor" => {
-                let c = self.partial(whole(f)) + 1;
-                vec![Piece::Text(format!("{name}(_sc.c{c})"))]
-            }
-            "every" => {
-                let c = self.partial(whole(f)) + 1;
-                vec![Piece::Text(format!("bool_and(_sc.c{c})"))]
-            }
-            "avg" => {
-                let a = arg.ok_or_else(unsupported)?;
-                let filter = filter.unwrap_or_default();
-                let s = self.partial(format!("sum({a}){filter}"));
-                let c = self.partial(format!("count({a}){filter}"));
-                vec![Piece::Avg { sum: s, count: c }]
-            }
-            _ => return Err(unsupported()),
-        };
-        Ok(pieces)
-    }
-
-    fn collect_distinct(&mut self, e: &Expr) {
-        let mut found = Vec::new();
-        let _ = sqlparser::ast::visit_expressions(e, |x| {
-            if let Expr::Function(f) = x {
-                if let FunctionArguments::List(l) = &f.args {
-                    if self.catalog.is_aggregate(f)
-                        && matches!(l.duplicate_treatment, Some(DuplicateTreatment::Distinct))
-                    {
-                        if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] = l.args.as_slice()
-                        {
-                            found.push(a.clone());
-                        }
-                    }
-                }
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        for a in found {
-            if !self.distinct_args.contains(&a) {
-                self.distinct_args.push(a);
-            }
-        }
-    }
-
-    fn contains_aggregate(&self, e: &Expr) -> bool {
-        let mut found = false;
-        let _ = sqlparser::ast::visit_expressions(e, |x| {
-            if let Expr::Function(f) = x {
-                found |= self.catalog.is_aggregate(f);
-            }
-            ControlFlow::<()>::Continue(())
-        });
-        found
-    }
-}
-
-impl VisitorMut for Rewriter<'_> {
-    type Break = ();
-
-    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
-        if self.refusal.is_some() {
-            return ControlFlow::Break(());
-        }
-        if let Some(i) = self.groups.iter().position(|g| g == e) {
-            *e = self.sub(vec![Piece::Text(format!("_sc.c{}", i + 1))]);
-            return ControlFlow::Continue(());
-        }
-        match e {
-            Expr::Function(f) if f.over.is_some() => {
-                self.refusal = Some(Refusal(
-                    "window function over a sharded table without its shard key".into(),
-                ));
-                ControlFlow::Break(())
-            }
-            Expr::Function(f) if self.catalog.is_aggregate(f) => match self.aggregate(f) {
-                Ok(p) => {
-                    *e = self.sub(p);
-                    ControlFlow::Continue(())
-                }
-                Err(r) => {
-                    self.refusal = Some(r);
-                    ControlFlow::Break(())
-                }
-            },
-            Expr::Subquery(_)
-            | Expr::Exists { .. }
-            | Expr::In {
-                target: sqlparser::ast::InTarget::Subquery(_),
-                ..
-            } => {
-                self.refusal = Some(Refusal(
-                    "a sub-query in the select list, HAVING or ORDER BY of a cross-shard aggregate"
-                        .into(),
-                ));
-                ControlFlow::Break(())
-            }
-            _ => ControlFlow::Continue(()),
-        }
-    }
-}
-
-/// Replaces placeholder identifiers in text pieces by their pieces.
-fn expand(pieces: Vec<Piece>, subs: &[Vec<Piece>]) -> Vec<Piece> {
-    let mut out = Vec::new();
-    for p in pieces {
-        let Piece::Text(t) = p else {
-            out.push(p);
-            continue;
-        };
-        let mut rest = t.as_str();
-        while let Some(at) = rest.find(PLACEHOLDER) {
-            let after = &rest[at + PLACEHOLDER.len()..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let n: Option<usize> = after[..digits].parse().ok();
-            match n.filter(|_| after[digits..].starts_with("__")) {
-                Some(n) if n < subs.len() => {
-                    out.push(Piece::Text(rest[..at].to_string()));
-                    out.extend(expand(subs[n].clone(), subs));
-                    rest = &after[digits + 2..];
-                }
-                _ => {
-                    out.push(Piece::Text(rest[..at + PLACEHOLDER.len()].to_string()));
-                    rest = after;
-                }
-            }
-        }
-        out.push(Piece::Text(rest.to_string()));
-    }
-    out
 }
 
 #[cfg(test)]
