@@ -128,6 +128,24 @@ async fn split_inserts_and_keyless_writes_reach_every_node() {
         0
     );
 
+    // ON CONFLICT on the key behaves per row, as on one database; RETURNING
+    // rows come back from every node (extended protocol, binary).
+    let rows = c
+        .query(
+            "INSERT INTO accounts (id, owner) VALUES (7, 'up'), (8, 'up'), (5000, 'new') \
+             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner RETURNING id, owner",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort();
+    assert_eq!(ids, vec![7, 8, 5000]);
+    assert_eq!(
+        total(&cluster, "SELECT count(*) FROM accounts WHERE owner = 'up'"),
+        2
+    );
+
     // INSERT … SELECT cannot be split: refused, not sent to one node.
     let e = c
         .batch_execute("INSERT INTO accounts SELECT id + 1000, owner FROM accounts")
