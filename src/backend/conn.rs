@@ -294,6 +294,14 @@ impl ServerConn {
         })
     }
 
+    /// `read_frame` for work off the hot path (merges, two-phase commit,
+    /// COPY): one call site for all of them, so that the hot path's
+    /// `read_frame` stays inlined into the exchange (measured: ~5% more
+    /// instructions per transaction when it was not).
+    pub async fn recv(&mut self) -> Result<Frame, BackendError> {
+        self.read_frame().await
+    }
+
     /// The next frame, reading from the socket as needed.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {

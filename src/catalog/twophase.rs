@@ -68,7 +68,7 @@ pub async fn simple(conn: &mut ServerConn, sql: &str) -> Result<Option<String>, 
     conn.write_all(&encode_query(sql).bytes).await?;
     let mut err = None;
     loop {
-        let f = conn.read_frame().await?;
+        let f = conn.recv().await?;
         match f.tag {
             b'E' => {
                 let e = parse_error(&f);

@@ -158,10 +158,7 @@ impl Session {
             let mut out = BytesMut::new();
             let mut ex = Exchange::default();
             self.prelude(c, &mut out, &mut ex);
-            if !ex.is_empty() {
-                c.write_all(&out).await?;
-                self.pump(c, &mut ex).await?;
-            }
+            self.settle(c, &out, &mut ex).await?;
             let mut out = BytesMut::new();
             out.extend_from_slice(&encode_query("BEGIN").bytes);
             out.extend_from_slice(&encode_query(sql).bytes);
@@ -464,7 +461,7 @@ fn copy_fail(reason: &str) -> Frame {
 async fn until_copy_in(c: &mut ServerConn) -> Result<Result<Frame, Frame>, BackendError> {
     let mut err = None;
     loop {
-        let f = c.read_frame().await?;
+        let f = c.recv().await?;
         match f.tag {
             b'G' => {
                 // In COPY mode until CopyDone/CopyFail.
@@ -488,7 +485,7 @@ async fn copy_result(c: &mut ServerConn) -> Result<(u64, Option<Frame>), Backend
     let mut rows = 0;
     let mut err = None;
     loop {
-        let f = c.read_frame().await?;
+        let f = c.recv().await?;
         match f.tag {
             b'C' => rows += tag_rows(crate::protocol::messages::command_tag(&f)),
             b'E' => {

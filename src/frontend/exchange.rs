@@ -111,6 +111,11 @@ impl Exchange {
         self.ready.clear();
     }
 
+    /// Entries still waiting for their reply.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty() && self.ready.is_empty()
     }
@@ -130,6 +135,13 @@ impl Exchange {
                 self.ready.extend(frames);
             }
         }
+    }
+
+    /// `next` for fan-out paths: their own call site, so that the hot
+    /// path's `next` stays inlined (callgrind: ~6% more instructions per
+    /// transaction when it was not).
+    pub async fn next_fanout(&mut self, conn: &mut ServerConn) -> Result<Item, BackendError> {
+        self.next(conn).await
     }
 
     /// The next item for the client, reading from the server as needed.

@@ -59,21 +59,10 @@ impl Session {
         session_after: Option<u64>,
     ) -> Result<Outcome, FrontendError> {
         let (node, partition) = match d.dest {
-            Dest::AllNodes => {
-                self.may_span()?;
+            Dest::AllNodes | Dest::Split => {
                 // Boxed: a large, rarer future that would otherwise bloat (and be
                 // copied with) every single-node statement's future.
-                if d.multi_write {
-                    return Box::pin(self.multi_node_write(&d, work, started)).await;
-                }
-                if !d.write {
-                    return Box::pin(self.fanout_read(work, started)).await;
-                }
-                return Box::pin(self.fanout(work, started)).await;
-            }
-            Dest::Split { .. } => {
-                self.may_span()?;
-                return Box::pin(self.multi_node_write(&d, work, started)).await;
+                return Box::pin(self.execute_wide(d, work, started)).await;
             }
             Dest::Anywhere => (
                 self.attached
@@ -86,50 +75,21 @@ impl Session {
                 node, partition, ..
             } => (node, partition),
         };
-        // A statement for another node than the transaction's: with
-        // two-phase commit that node joins the transaction (committed
-        // together at COMMIT); without it, refused.
+        // A statement for another node than the transaction's joins it
+        // (two-phase commit) or is refused: rare, kept out of line.
         let joining = self.attached.as_ref().is_some_and(|c| c.node() != node);
-        if joining && !self.shared.two_phase {
-            let c = self.attached.as_ref().expect("joining implies attached");
-            let names = self.shared.routing.peek();
-            return Err(FrontendError::route(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "this transaction runs on shard node \"{}\"; a statement for node \"{}\" cannot join it (two-phase commit is off)",
-                    names.nodes()[c.node()],
-                    names.nodes()[node]
-                ),
-                "keep each transaction on one shard key, or commit before switching".into(),
-            ));
+        if !self.joined.is_empty() {
+            self.refuse_if_spanning_failed()?;
         }
-        let spans = joining || !self.joined.is_empty();
-        if spans && self.status() == b'E' {
-            return Err(FrontendError::route(
-                sqlstate::IN_FAILED_TRANSACTION,
-                "current transaction is aborted, commands ignored until end of transaction block"
-                    .into(),
-                "end it with ROLLBACK".into(),
-            ));
-        }
-        let mut begin_here = false;
-        let mut conn = if joining {
-            let c = match self.joined.iter().position(|j| j.node() == node) {
-                Some(i) => self.joined.swap_remove(i),
-                None => {
-                    begin_here = true;
-                    self.shared.pools[node].checkout().await?
-                }
-            };
-            self.set_cancel(&[&c]);
-            c
+        let (mut conn, begin_here) = if joining {
+            Box::pin(self.join(node)).await?
         } else {
             match self.attached.take() {
-                Some(c) => c,
+                Some(c) => (c, false),
                 None => {
                     let c = self.shared.pools[node].checkout().await?;
                     self.set_cancel(&[&c]);
-                    c
+                    (c, false)
                 }
             }
         };
@@ -141,11 +101,7 @@ impl Session {
         ex.clear();
         self.prelude(&mut conn, &mut out, &mut ex);
         if begin_here {
-            // The transaction's BEGIN (and what was queued with it) here too.
-            for sql in &self.tx_begin {
-                out.extend_from_slice(&encode_query(sql).bytes);
-                ex.push(Expect::swallow(Until::Query));
-            }
+            self.begin_here(&mut out, &mut ex);
         }
         let in_tx = in_tx || joining;
         match work {
@@ -209,6 +165,26 @@ impl Session {
         Ok(Outcome { error })
     }
 
+    /// Work for several nodes: a read without the key (merged or
+    /// concatenated), DDL, a write on several nodes. Out of line: the
+    /// single-node path above stays small enough to inline its exchange.
+    #[cold]
+    async fn execute_wide(
+        &mut self,
+        d: Decision,
+        work: Work<'_>,
+        started: Instant,
+    ) -> Result<Outcome, FrontendError> {
+        self.may_span()?;
+        if d.multi_write || matches!(d.dest, Dest::Split) {
+            return self.multi_node_write(&d, work, started).await;
+        }
+        if !d.write {
+            return self.fanout_read(work, started).await;
+        }
+        self.fanout(work, started).await
+    }
+
     /// What a connection needs before the client's work: the client's
     /// session settings, and a deferred BEGIN with its queued statements.
     pub(super) fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
@@ -229,7 +205,8 @@ impl Session {
     }
 
     /// Relays replies until the exchange is done; returns (rows, saw error).
-    pub(super) async fn pump(
+    /// The hot path's only caller: keep it so, so that it stays inlined.
+    async fn pump(
         &mut self,
         conn: &mut ServerConn,
         ex: &mut Exchange,
@@ -391,7 +368,7 @@ impl Session {
             let mut copy_done: Option<Frame> = None;
             for i in 0..n {
                 while !done[i] {
-                    match exs[i].next(&mut conns[i]).await? {
+                    match exs[i].next_fanout(&mut conns[i]).await? {
                         Item::Msg(f) => match f.tag {
                             b'C' | b'I' | b's' => {
                                 rows += tag_rows(command_tag(&f));

@@ -91,10 +91,7 @@ impl Session {
             let mut out = BytesMut::new();
             let mut ex = Exchange::default();
             self.prelude(c, &mut out, &mut ex);
-            if !ex.is_empty() {
-                c.write_all(&out).await?;
-                self.pump(c, &mut ex).await?;
-            }
+            self.settle(c, &out, &mut ex).await?;
         }
         let max = self.shared.config.routing.merge_max_rows;
         match work {

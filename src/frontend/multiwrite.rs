@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::batch::{Msg, Prepared};
 use super::error::FrontendError;
 use super::execute::{Outcome, Work};
-use super::route::{Decision, Dest};
+use super::route::{row_nodes, Decision, Dest};
 use super::session::Session;
 use crate::backend::{Checkout, ServerConn};
 use crate::catalog::twophase;
@@ -46,13 +46,22 @@ impl Session {
         // Inside a transaction the parts commit with it (at COMMIT).
         let gid = (self.shared.two_phase && !self.in_transaction()).then(twophase::new_gid);
         let n = self.shared.pools.len();
-        let Dest::Split { nodes } = &d.dest else {
+        let Dest::Split = &d.dest else {
             let works = vec![Some(work); n];
             return self.fanout_each(&works, gid.as_deref(), started).await;
         };
+        let table = self.shared.routing.peek();
         match work {
             Work::Simple(f) => {
-                let parts = split_insert(parse_query(f)?, nodes, n).map_err(|r| refused(r.0))?;
+                let sql = parse_query(f)?;
+                let analysis = self.shared.analyzer.analysis(sql).map_err(|e| {
+                    FrontendError::route(e.sqlstate(), e.to_string(), String::new())
+                })?;
+                let nodes = match analysis.shapes.first() {
+                    Some(shape) => row_nodes(shape, &analysis.values, None, &table)?,
+                    None => Vec::new(),
+                };
+                let parts = split_insert(sql, &nodes, n).map_err(|r| refused(r.0))?;
                 let frames: Vec<Option<Frame>> = parts
                     .into_iter()
                     .map(|p| p.map(|p| encode_query(&p.sql)))
@@ -64,7 +73,7 @@ impl Session {
                 self.fanout_each(&works, gid.as_deref(), started).await
             }
             Work::Batch(msgs, _) => {
-                let per_node = split_batch(msgs, nodes, n)?;
+                let per_node = split_batch(msgs, &table, n)?;
                 let works: Vec<Option<Work<'_>>> = per_node
                     .iter()
                     .map(|m| m.as_ref().map(|m| Work::Batch(m, true)))
@@ -232,7 +241,7 @@ impl Session {
 /// node's rows, with only their parameters, under the unnamed statement.
 fn split_batch(
     msgs: &[Msg],
-    row_nodes: &[usize],
+    table: &crate::ring::RoutingTable,
     n: usize,
 ) -> Result<Vec<Option<Vec<Msg>>>, FrontendError> {
     let mut binds = msgs.iter().filter_map(|m| match m {
@@ -246,8 +255,16 @@ fn split_batch(
     };
     let bind = parse_bind(bind_frame)?;
     let parse = parse_parse(&stmt.parse)?;
+    let analysis = stmt
+        .analysis
+        .as_ref()
+        .map_err(|e| FrontendError::route(e.sqlstate(), e.to_string(), String::new()))?;
+    let row_nodes = match analysis.shapes.first() {
+        Some(shape) => row_nodes(shape, &analysis.values, Some(&bind), table)?,
+        None => Vec::new(),
+    };
     let formats = bind.result_formats();
-    let parts = split_insert(&stmt.sql, row_nodes, n).map_err(|r| refused(r.0))?;
+    let parts = split_insert(&stmt.sql, &row_nodes, n).map_err(|r| refused(r.0))?;
     let mut out = Vec::with_capacity(n);
     for part in parts {
         let Some(Part { sql, params }) = part else {

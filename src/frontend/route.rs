@@ -13,7 +13,7 @@ use crate::router::{Command, KeyRef, KeyValue, Shape, Target};
 use super::error::FrontendError;
 
 /// Where a statement (or a query string's statements) runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
     /// No table involved: any node will do (the transaction's, else the default).
     Anywhere,
@@ -26,13 +26,14 @@ pub enum Dest {
     /// Every node: a read (merged or concatenated), DDL, or an
     /// UPDATE/DELETE without the shard key.
     AllNodes,
-    /// A multi-row INSERT whose rows belong to several nodes: row `i` goes
-    /// to `nodes[i]`.
-    Split { nodes: Vec<NodeId> },
+    /// A multi-row INSERT whose rows belong to several nodes (which row
+    /// goes where: `row_nodes`). Carries no data, so that a decision stays
+    /// `Copy` on the hot path.
+    Split,
 }
 
 /// The routing decision for one unit of work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub dest: Dest,
     pub write: bool,
@@ -61,16 +62,6 @@ pub fn decide(
     let default_node = policy.default_node;
     let write = shape.command.is_write() || matches!(shape.command, Command::Other);
     let dml = matches!(shape.command, Command::Update | Command::Delete);
-    let refuse_multi = |t: &str| {
-        FrontendError::route(
-            sqlstate::NEEDS_SHARD_KEY,
-            format!(
-                "this {} on sharded table \"{t}\" touches rows on several shards, and [routing] allow_multi_shard_writes is off",
-                command_name(shape.command)
-            ),
-            "filter on the shard key so the statement goes to one shard".into(),
-        )
-    };
     let mut multi_write = false;
     let dest = match &shape.target {
         Target::NoTable => Dest::Anywhere,
@@ -88,7 +79,7 @@ pub fn decide(
             // allowed; INSERT and COPY without their key are refused.
             if dml {
                 if !policy.multi_shard_writes {
-                    return Err(refuse_multi(t));
+                    return Err(refuse_multi(shape.command, t));
                 }
                 multi_write = true;
                 return Ok(Decision {
@@ -161,24 +152,17 @@ pub fn decide(
                     mirror,
                 },
                 (Some(_), true) if !write => Dest::AllNodes,
-                (Some(_), true) if !policy.multi_shard_writes => return Err(refuse_multi(t)),
+                (Some(_), true) if !policy.multi_shard_writes => {
+                    return Err(refuse_multi(shape.command, t))
+                }
                 (Some(_), true) if dml => {
                     multi_write = true;
                     Dest::AllNodes
                 }
-                (Some((first, _, _)), true) if shape.command == Command::Insert => {
-                    // Rare: the rows' nodes again, one per row (NULL keys
-                    // go with the first row's node and fail there).
+                (Some(_), true) if shape.command == Command::Insert => {
+                    // Split per node at execution (`row_nodes`).
                     multi_write = true;
-                    let mut nodes = Vec::with_capacity(keys.len());
-                    for k in keys {
-                        let value = resolve(k, values, bind, *key_type, t)?;
-                        nodes.push(match hash_key(&value, *key_type) {
-                            Some(h) => table.lookup(h).node,
-                            None => first,
-                        });
-                    }
-                    Dest::Split { nodes }
+                    Dest::Split
                 }
                 (Some(_), true) => {
                     return Err(FrontendError::route(
@@ -200,6 +184,44 @@ pub fn decide(
     })
 }
 
+/// The node of each row of a multi-row INSERT (a NULL key goes with the
+/// first row's node, where its NOT NULL refuses it).
+pub fn row_nodes(
+    shape: &Shape,
+    values: &[KeyValue],
+    bind: Option<&Bind<'_>>,
+    table: &RoutingTable,
+) -> Result<Vec<NodeId>, FrontendError> {
+    let Target::Keys {
+        table: t,
+        key_type,
+        keys,
+    } = &shape.target
+    else {
+        return Ok(Vec::new());
+    };
+    let mut nodes: Vec<Option<NodeId>> = Vec::with_capacity(keys.len());
+    for k in keys {
+        let value = resolve(k, values, bind, *key_type, t)?;
+        nodes.push(hash_key(&value, *key_type).map(|h| table.lookup(h).node));
+    }
+    let first = nodes.iter().flatten().next().copied().unwrap_or(0);
+    Ok(nodes.into_iter().map(|n| n.unwrap_or(first)).collect())
+}
+
+#[cold]
+fn refuse_multi(command: Command, table: &str) -> FrontendError {
+    FrontendError::route(
+        sqlstate::NEEDS_SHARD_KEY,
+        format!(
+            "this {} on sharded table \"{table}\" touches rows on several shards, and [routing] allow_multi_shard_writes is off",
+            command_name(command)
+        ),
+        "filter on the shard key so the statement goes to one shard".into(),
+    )
+}
+
+#[inline(always)]
 fn resolve<'a>(
     k: &'a KeyRef,
     values: &'a [KeyValue],
@@ -251,10 +273,10 @@ pub fn combine(decisions: &[Decision]) -> Result<Decision, FrontendError> {
         out.write |= d.write;
         out.multi_write |= d.multi_write;
         out.dest = match (&out.dest, &d.dest) {
-            (Dest::Anywhere, x) | (x, Dest::Anywhere) => x.clone(),
-            (Dest::Node { node: a, .. }, Dest::Node { node: b, .. }) if a == b => out.dest.clone(),
+            (Dest::Anywhere, x) | (x, Dest::Anywhere) => *x,
+            (Dest::Node { node: a, .. }, Dest::Node { node: b, .. }) if a == b => out.dest,
             (Dest::AllNodes, Dest::AllNodes) if decisions.len() == 1 => Dest::AllNodes,
-            (Dest::Split { .. }, Dest::Split { .. }) if decisions.len() == 1 => d.dest.clone(),
+            (Dest::Split, Dest::Split) if decisions.len() == 1 => Dest::Split,
             _ => {
                 return Err(FrontendError::route(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -264,7 +286,7 @@ pub fn combine(decisions: &[Decision]) -> Result<Decision, FrontendError> {
             }
         };
     }
-    if matches!(out.dest, Dest::Split { .. }) && decisions.len() > 1 {
+    if matches!(out.dest, Dest::Split) && decisions.len() > 1 {
         return Err(FrontendError::route(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "an INSERT whose rows belong to several shards must be sent alone".into(),

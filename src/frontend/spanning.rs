@@ -11,6 +11,7 @@ use super::session::{Session, Tx};
 use crate::backend::Checkout;
 use crate::protocol::messages::encode_query;
 use crate::protocol::sqlstate;
+use crate::ring::NodeId;
 
 /// The ReadyForQuery status of a set of connections: failed if any failed.
 pub fn status_of(conns: &[Checkout]) -> u8 {
@@ -52,6 +53,56 @@ impl Session {
         Ok(())
     }
 
+    /// A statement in a transaction that spans nodes, after one part failed.
+    #[cold]
+    pub(super) fn refuse_if_spanning_failed(&self) -> Result<(), FrontendError> {
+        if self.status() == b'E' {
+            return Err(FrontendError::route(
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into(),
+                "end it with ROLLBACK".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connection of `node` for a statement that joins the running
+    /// transaction from another node; true if it still needs the BEGIN.
+    #[cold]
+    pub(super) async fn join(&mut self, node: NodeId) -> Result<(Checkout, bool), FrontendError> {
+        if !self.shared.two_phase {
+            let home = self.attached.as_ref().map(|c| c.node()).unwrap_or(node);
+            let names = self.shared.routing.peek();
+            return Err(FrontendError::route(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "this transaction runs on shard node \"{}\"; a statement for node \"{}\" cannot join it (two-phase commit is off)",
+                    names.nodes()[home],
+                    names.nodes()[node]
+                ),
+                "keep each transaction on one shard key, or commit before switching".into(),
+            ));
+        }
+        self.refuse_if_spanning_failed()?;
+        let (c, begin) = match self.joined.iter().position(|j| j.node() == node) {
+            Some(i) => (self.joined.swap_remove(i), false),
+            None => (self.shared.pools[node].checkout().await?, true),
+        };
+        self.set_cancel(&[&c]);
+        Ok((c, begin))
+    }
+
+    /// The transaction's BEGIN (and what was queued with it) on a node
+    /// that joins it.
+    #[cold]
+    pub(super) fn begin_here(&self, out: &mut BytesMut, ex: &mut Exchange) {
+        for sql in &self.tx_begin {
+            out.extend_from_slice(&encode_query(sql).bytes);
+            ex.push(Expect::swallow(Until::Query));
+        }
+    }
+
     /// One connection per node, in node order: fresh ones outside a
     /// transaction, the transaction's (all nodes joined) inside one.
     pub(super) async fn every_node(&mut self) -> Result<Vec<Checkout>, FrontendError> {
@@ -91,11 +142,41 @@ impl Session {
                 out.extend_from_slice(&encode_query(sql).bytes);
                 ex.push(Expect::swallow(Until::Query));
             }
-            c.write_all(&out).await?;
-            self.pump(&mut c, &mut ex).await?;
+            self.settle(&mut c, &out, &mut ex).await?;
             *slot = Some(c);
         }
         Ok(have.into_iter().flatten().collect())
+    }
+
+    /// Sends what `prelude` prepared (settings, a BEGIN) to a connection
+    /// off the hot path and waits for its replies; an error reaches the
+    /// client. (The hot path has its own, inlined, `pump`.)
+    pub(super) async fn settle(
+        &mut self,
+        c: &mut Checkout,
+        out: &[u8],
+        ex: &mut Exchange,
+    ) -> Result<(), FrontendError> {
+        // Only swallowed simple queries (settings, BEGIN): one
+        // ReadyForQuery each.
+        let mut left = ex.len();
+        ex.clear();
+        if left == 0 {
+            return Ok(());
+        }
+        c.write_all(out).await?;
+        while left > 0 {
+            let f = c.recv().await?;
+            match f.tag {
+                b'E' => self.write(&f),
+                b'Z' => {
+                    c.status = crate::protocol::messages::ready_status(&f);
+                    left -= 1;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Gives connections from `every_node` back: to their pools, or to the

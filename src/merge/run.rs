@@ -81,7 +81,7 @@ struct Round {
 async fn read_round(conn: &mut ServerConn, keep: usize) -> Result<Round, BackendError> {
     let mut r = Round::default();
     loop {
-        let f = conn.read_frame().await?;
+        let f = conn.recv().await?;
         match f.tag {
             b't' => r.parameters = Some(f),
             b'T' => r.description = Some(f),
