@@ -122,9 +122,21 @@ async fn show_placement(config: &Config) -> anyhow::Result<()> {
         )
         .await?;
     println!(
-        "\n{} rows with {} <= 8 through the proxy (a read without one key: every node answers)",
+        "\n{} rows with {} <= 8 through the proxy (a read without one key: every node answers, rows merged in order)",
         rows.len(),
         table.shard_key
+    );
+    let total = client
+        .query_one(
+            &format!("SELECT count(*), sum(balance)::int8 FROM {t}", t = table.name),
+            &[],
+        )
+        .await?;
+    println!(
+        "SELECT count(*), sum(balance) FROM {}: {} rows, {} in total (each node counts, the proxy combines)",
+        table.name,
+        total.get::<_, i64>(0),
+        total.get::<_, Option<i64>>(1).unwrap_or(0)
     );
     for n in &config.nodes {
         let t = NodeTarget::from_url(&n.name, &n.url).map_err(|e| anyhow::anyhow!(e))?;
