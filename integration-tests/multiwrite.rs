@@ -146,6 +146,16 @@ async fn split_inserts_and_keyless_writes_reach_every_node() {
         2
     );
 
+    // The counters say what happened.
+    let metrics = proxy.admin_get("/metrics");
+    for line in [
+        "shardcast_merge_statements_total{kind=\"split_insert\"} 4",
+        "shardcast_merge_statements_total{kind=\"multi_write\"} 3",
+        "shardcast_twophase_transactions_total{outcome=\"committed\"} 7",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
     // INSERT … SELECT cannot be split: refused, not sent to one node.
     let e = c
         .batch_execute("INSERT INTO accounts SELECT id + 1000, owner FROM accounts")

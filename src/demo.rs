@@ -128,7 +128,10 @@ async fn show_placement(config: &Config) -> anyhow::Result<()> {
     );
     let total = client
         .query_one(
-            &format!("SELECT count(*), sum(balance)::int8 FROM {t}", t = table.name),
+            &format!(
+                "SELECT count(*), sum(balance)::int8 FROM {t}",
+                t = table.name
+            ),
             &[],
         )
         .await?;

@@ -128,6 +128,7 @@ impl Session {
             key_type,
             table,
         };
+        self.shared.metrics.cross_shard("copy_in");
         Box::pin(self.sharded_copy_in(sql, spec)).await
     }
 
@@ -383,7 +384,10 @@ impl Session {
             ));
         }
         match twophase::commit(catalog, true, &mut rest, &gid).await {
-            Ok(()) => Ok(Ok(())),
+            Ok(()) => {
+                self.shared.metrics.two_phase("committed");
+                Ok(Ok(()))
+            }
             Err(twophase::CommitError::Decision(e)) => {
                 rest.push(&mut **catalog);
                 twophase::abort(&mut rest, &gid).await;

@@ -52,10 +52,20 @@ impl Session {
             },
         };
         let plan = match merge::plan(sql, &self.shared.merge_catalog) {
-            Ok(Fanout::Concat) => return self.fanout(work, started).await,
+            Ok(Fanout::Concat) => {
+                self.shared.metrics.cross_shard("concat");
+                return self.fanout(work, started).await;
+            }
             Ok(job) => job,
-            Err(r) => return Err(refused(r.0)),
+            Err(r) => {
+                self.shared.metrics.cross_shard("refused");
+                return Err(refused(r.0));
+            }
         };
+        self.shared.metrics.cross_shard(match plan {
+            Fanout::Nested(_) => "nested",
+            _ => "merged",
+        });
         if let Work::Batch(msgs, _) = &work {
             if executed_statement(msgs).is_none() {
                 // Never concatenate what must be merged.

@@ -46,6 +46,10 @@ impl Session {
         // Inside a transaction the parts commit with it (at COMMIT).
         let gid = (self.shared.two_phase && !self.in_transaction()).then(twophase::new_gid);
         let n = self.shared.pools.len();
+        self.shared.metrics.cross_shard(match d.dest {
+            Dest::Split => "split_insert",
+            _ => "multi_write",
+        });
         let Dest::Split = &d.dest else {
             let works = vec![Some(work); n];
             return self.fanout_each(&works, gid.as_deref(), started).await;
@@ -108,6 +112,7 @@ impl Session {
                     parts.push(&mut **catalog);
                 }
                 twophase::abort(&mut parts, gid).await;
+                self.shared.metrics.two_phase("rolled_back");
                 if other.is_ok() {
                     self.write(&ready_for_query(b'I'));
                 }
@@ -115,6 +120,11 @@ impl Session {
             }
         };
         let committed = twophase::commit(catalog, catalog_takes_part, &mut parts, gid).await;
+        self.shared.metrics.two_phase(match &committed {
+            Ok(()) => "committed",
+            Err(twophase::CommitError::Decision(_)) => "rolled_back",
+            Err(twophase::CommitError::Backend(_)) => "unknown",
+        });
         match committed {
             Ok(()) => {
                 self.write(&ready_for_query(b'I'));
@@ -211,7 +221,10 @@ impl Session {
             return Ok(None);
         }
         match twophase::commit(catalog, catalog_at.is_some(), &mut rest, &gid).await {
-            Ok(()) => Ok(Some("COMMIT")),
+            Ok(()) => {
+                self.shared.metrics.two_phase("committed");
+                Ok(Some("COMMIT"))
+            }
             Err(twophase::CommitError::Decision(e)) => {
                 if catalog_at.is_some() {
                     rest.push(catalog);

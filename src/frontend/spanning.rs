@@ -108,6 +108,9 @@ impl Session {
     pub(super) async fn every_node(&mut self) -> Result<Vec<Checkout>, FrontendError> {
         let n = self.shared.pools.len();
         if !self.in_transaction() {
+            // (A query string that opens a transaction on every node leaves
+            // them joined to it, with this node as its home.)
+            self.home = self.shared.default_node;
             let mut conns = Vec::with_capacity(n);
             // Pools are taken in node order so two fan-outs cannot deadlock.
             for pool in self.shared.pools.clone().iter() {

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub client_connections: IntGauge,
     pub routing_epoch: IntGauge,
+    /// Statements that needed several nodes, by how they were answered.
+    pub cross_shard: IntCounterVec,
+    /// Two-phase commits by outcome.
+    pub two_phase: IntCounterVec,
 }
 
 impl Metrics {
@@ -57,8 +61,26 @@ impl Metrics {
             "Epoch of the routing table in use",
         )
         .expect("valid metric");
+        let cross_shard = IntCounterVec::new(
+            Opts::new(
+                "shardcast_merge_statements_total",
+                "Statements that needed several nodes, by kind (concat, merged, nested, refused, split_insert, multi_write, copy_in)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let two_phase = IntCounterVec::new(
+            Opts::new(
+                "shardcast_twophase_transactions_total",
+                "Two-phase commits by outcome (committed, rolled_back, unknown)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(lat) as Box<dyn prometheus::core::Collector>,
+            Box::new(cross_shard.clone()),
+            Box::new(two_phase.clone()),
             Box::new(errors.clone()),
             Box::new(client_connections.clone()),
             Box::new(routing_epoch.clone()),
@@ -72,7 +94,19 @@ impl Metrics {
             errors,
             client_connections,
             routing_epoch,
+            cross_shard,
+            two_phase,
         }
+    }
+
+    /// Counts a statement that needed several nodes.
+    pub fn cross_shard(&self, kind: &str) {
+        self.cross_shard.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a two-phase commit's outcome.
+    pub fn two_phase(&self, outcome: &str) {
+        self.two_phase.with_label_values(&[outcome]).inc();
     }
 
     /// Counts an error sent to a client. `origin` is `proxy` or `server`.
