@@ -75,35 +75,28 @@ impl Session {
                 node, partition, ..
             } => (node, partition),
         };
-        // A statement for another node than the transaction's joins it
-        // (two-phase commit) or is refused: rare, kept out of line.
-        let joining = self.attached.as_ref().is_some_and(|c| c.node() != node);
-        if !self.joined.is_empty() {
-            self.refuse_if_spanning_failed()?;
+        // A statement for another node than the transaction's: that node
+        // joins the transaction (two-phase commit) or it is refused. Out
+        // of line, so this path stays small enough to inline its exchange.
+        if self.attached.as_ref().is_some_and(|c| c.node() != node) {
+            Box::pin(self.swap_in(node)).await?;
         }
-        let (mut conn, begin_here) = if joining {
-            Box::pin(self.join(node)).await?
-        } else {
-            match self.attached.take() {
-                Some(c) => (c, false),
-                None => {
-                    let c = self.shared.pools[node].checkout().await?;
-                    self.set_cancel(&[&c]);
-                    (c, false)
-                }
+        let mut conn = match self.attached.take() {
+            Some(c) => c,
+            None => {
+                let c = self.shared.pools[node].checkout().await?;
+                self.set_cancel(&[&c]);
+                c
             }
         };
-        let in_tx = conn.status != b'I' || matches!(self.tx, Tx::Deferred { .. });
+        let in_tx =
+            conn.status != b'I' || matches!(self.tx, Tx::Deferred { .. }) || self.begin_pending;
         // Reused across rounds: no allocation per statement.
         let mut out = std::mem::take(&mut self.sbuf);
         let mut ex = std::mem::take(&mut self.exchange);
         out.clear();
         ex.clear();
         self.prelude(&mut conn, &mut out, &mut ex);
-        if begin_here {
-            self.begin_here(&mut out, &mut ex);
-        }
-        let in_tx = in_tx || joining;
         match work {
             Work::Simple(f) => {
                 out.extend_from_slice(&f.bytes);
@@ -152,15 +145,7 @@ impl Session {
                 error,
             },
         );
-        if joining {
-            self.joined.push(conn);
-            // A cancel goes back to the transaction's first node.
-            if let Some(c) = &self.attached {
-                self.set_cancel(&[c]);
-            }
-        } else {
-            self.attached = Some(conn);
-        }
+        self.attached = Some(conn);
         self.release_if_idle();
         Ok(Outcome { error })
     }
@@ -193,6 +178,10 @@ impl Session {
             out.extend_from_slice(&encode_query(&self.settings.sync_sql()).bytes);
             ex.push(Expect::swallow(Until::Query));
             conn.session = fp;
+        }
+        if self.begin_pending {
+            self.begin_pending = false;
+            self.begin_here(out, ex);
         }
         if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
             for sql in &prelude {

@@ -49,6 +49,9 @@ pub struct Session {
     pub(super) tx_begin: Vec<String>,
     /// The node a transaction that spans nodes started on.
     pub(super) home: crate::ring::NodeId,
+    /// The attached connection joined a running transaction and still
+    /// needs its BEGIN (sent with its first statement).
+    pub(super) begin_pending: bool,
     pub(super) tx: Tx,
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
@@ -87,6 +90,7 @@ impl Session {
             joined: Vec::new(),
             tx_begin: Vec::new(),
             home: 0,
+            begin_pending: false,
             tx: Tx::None,
             statements: HashMap::new(),
             unnamed: None,

@@ -67,10 +67,12 @@ impl Session {
         Ok(())
     }
 
-    /// The connection of `node` for a statement that joins the running
-    /// transaction from another node; true if it still needs the BEGIN.
+    /// Makes `node`'s connection the attached one for a statement that
+    /// joins the running transaction from another node (the previous one
+    /// waits in `joined`); a new participant gets the BEGIN with its first
+    /// statement (`begin_pending`).
     #[cold]
-    pub(super) async fn join(&mut self, node: NodeId) -> Result<(Checkout, bool), FrontendError> {
+    pub(super) async fn swap_in(&mut self, node: NodeId) -> Result<(), FrontendError> {
         if !self.shared.two_phase {
             let home = self.attached.as_ref().map(|c| c.node()).unwrap_or(node);
             let names = self.shared.routing.peek();
@@ -85,12 +87,18 @@ impl Session {
             ));
         }
         self.refuse_if_spanning_failed()?;
-        let (c, begin) = match self.joined.iter().position(|j| j.node() == node) {
-            Some(i) => (self.joined.swap_remove(i), false),
-            None => (self.shared.pools[node].checkout().await?, true),
+        let c = match self.joined.iter().position(|j| j.node() == node) {
+            Some(i) => self.joined.swap_remove(i),
+            None => {
+                self.begin_pending = true;
+                self.shared.pools[node].checkout().await?
+            }
         };
         self.set_cancel(&[&c]);
-        Ok((c, begin))
+        if let Some(prev) = self.attached.replace(c) {
+            self.joined.push(prev);
+        }
+        Ok(())
     }
 
     /// The transaction's BEGIN (and what was queued with it) on a node
