@@ -159,23 +159,9 @@ async fn aggregate_names(pools: &[Arc<Pool>]) -> Vec<String> {
 async fn learn_key_positions(config: &Config, pools: &[Arc<Pool>], analyzer: &mut Analyzer) {
     for table in &config.tables {
         for pool in pools {
-            let t = &pool.target;
-            let mut cfg = tokio_postgres::Config::new();
-            cfg.host(&t.host)
-                .port(t.port)
-                .user(&t.user)
-                .dbname(&t.dbname)
-                .application_name("shardcast-catalog");
-            if let Some(p) = &t.password {
-                cfg.password(p);
-            }
-            let Ok(Ok((client, conn))) =
-                tokio::time::timeout(Duration::from_secs(3), cfg.connect(tokio_postgres::NoTls))
-                    .await
-            else {
+            let Some(client) = crate::catalog::client(pool).await else {
                 continue;
             };
-            tokio::spawn(conn);
             let sql =
                 "SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
                        AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";

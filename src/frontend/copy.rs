@@ -212,31 +212,7 @@ impl Session {
             };
             match f.tag {
                 b'd' if bad.is_none() => {
-                    let mut route_err = None;
-                    let r = splitter.feed(f.body(), &mut |p| {
-                        if route_err.is_some() {
-                            return;
-                        }
-                        match p {
-                            Piece::Everyone(b) => {
-                                bufs.iter_mut().for_each(|buf| buf.extend_from_slice(b))
-                            }
-                            Piece::Row { bytes, key, line } => {
-                                match node_of(&key, spec.key_type, &table) {
-                                    Ok(node) => bufs[node].extend_from_slice(bytes),
-                                    Err((m, code)) => route_err = Some((m, code, line)),
-                                }
-                            }
-                        }
-                    });
-                    if let Err(CopyError { line, message }) = r {
-                        bad = Some((
-                            format!("COPY {}, line {line}: {message}", spec.table),
-                            sqlstate::BAD_COPY_FILE_FORMAT,
-                        ));
-                    } else if let Some((message, code, line)) = route_err {
-                        bad = Some((format!("COPY {}, line {line}: {message}", spec.table), code));
-                    }
+                    bad = route_rows(&mut splitter, Some(f.body()), &mut bufs, &spec, &table);
                     for (c, buf) in conns.iter_mut().zip(bufs.iter_mut()) {
                         if buf.len() >= FLUSH_AT {
                             send_copy_data(c, buf).await?;
@@ -246,29 +222,7 @@ impl Session {
                 b'd' => {}
                 b'c' => {
                     if bad.is_none() {
-                        let mut route_err = None;
-                        let r = splitter.finish(&mut |p| match p {
-                            Piece::Everyone(b) => {
-                                bufs.iter_mut().for_each(|buf| buf.extend_from_slice(b))
-                            }
-                            Piece::Row { bytes, key, line } => {
-                                match node_of(&key, spec.key_type, &table) {
-                                    Ok(node) => bufs[node].extend_from_slice(bytes),
-                                    Err((m, code)) => route_err = Some((m, code, line)),
-                                }
-                            }
-                        });
-                        if let Err(CopyError { line, message }) = r {
-                            bad = Some((
-                                format!("COPY {}, line {line}: {message}", spec.table),
-                                sqlstate::BAD_COPY_FILE_FORMAT,
-                            ));
-                        } else if let Some((message, code, line)) = route_err {
-                            bad = Some((
-                                format!("COPY {}, line {line}: {message}", spec.table),
-                                code,
-                            ));
-                        }
+                        bad = route_rows(&mut splitter, None, &mut bufs, &spec, &table);
                     }
                     break None;
                 }
@@ -395,6 +349,44 @@ impl Session {
             }
             Err(twophase::CommitError::Backend(e)) => Err(e),
         }
+    }
+}
+
+/// Feeds a chunk of COPY data (None: the end of the stream) and appends
+/// each row to its node's buffer; the first bad row's message and SQLSTATE.
+fn route_rows(
+    splitter: &mut Splitter,
+    data: Option<&[u8]>,
+    bufs: &mut [BytesMut],
+    spec: &CopyIn,
+    table: &crate::ring::RoutingTable,
+) -> Option<(String, &'static str)> {
+    let mut route_err = None;
+    let mut sink = |p: Piece<'_>| match p {
+        Piece::Everyone(b) => bufs.iter_mut().for_each(|buf| buf.extend_from_slice(b)),
+        Piece::Row { bytes, key, line } => {
+            if route_err.is_some() {
+                return;
+            }
+            match node_of(&key, spec.key_type, table) {
+                Ok(node) => bufs[node].extend_from_slice(bytes),
+                Err((m, code)) => route_err = Some((m, code, line)),
+            }
+        }
+    };
+    let r = match data {
+        Some(d) => splitter.feed(d, &mut sink),
+        None => splitter.finish(&mut sink),
+    };
+    match (r, route_err) {
+        (Err(CopyError { line, message }), _) => Some((
+            format!("COPY {}, line {line}: {message}", spec.table),
+            sqlstate::BAD_COPY_FILE_FORMAT,
+        )),
+        (Ok(()), Some((message, code, line))) => {
+            Some((format!("COPY {}, line {line}: {message}", spec.table), code))
+        }
+        (Ok(()), None) => None,
     }
 }
 
