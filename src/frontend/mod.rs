@@ -2,6 +2,10 @@
 //! applications' drivers expect it — startup and auth, the simple and
 //! extended query protocols, COPY, cancel — with each unit of work routed
 //! to the shard(s) that own it and run on a pooled server connection.
+//! Work for several nodes leaves through narrow seams: `merged` (reads,
+//! to the query engine in `crate::merge`), `multiwrite` (writes and
+//! transactions across nodes, two-phase commit), `copy` (sharded COPY),
+//! `spanning` (connections for every node).
 
 pub mod batch;
 pub mod cancel;

@@ -3,7 +3,9 @@
 //! belong to several nodes (split per node by `merge::split`). With
 //! two-phase commit on, each node's part is prepared and the statement
 //! commits on all nodes or none (`catalog::twophase`); without it, the
-//! parts commit one by one (documented as not atomic).
+//! parts commit one by one (documented as not atomic). Inside a
+//! transaction the parts wait for its COMMIT, which prepares and commits
+//! every node the transaction touched (`end_spanning`).
 
 use std::sync::Arc;
 use std::time::Instant;
