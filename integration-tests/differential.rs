@@ -448,3 +448,63 @@ async fn random_queries_answer_as_one_database() {
     );
     assert!(same > queries / 2);
 }
+
+/// The five statements a new user tried (issue 8), through psql, against
+/// one database and through shardcast on two nodes: the same output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_five_statements_answer_as_one_database() {
+    let schema = "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text);
+                  CREATE INDEX ON accounts (hashint8extended(id, 0));
+                  INSERT INTO accounts SELECT g, 'o' || g FROM generate_series(1, 8) g;";
+    let shards = Cluster::start(2);
+    let reference = Cluster::start(1);
+    shards.on_all("CREATE TABLE accounts (id bigint PRIMARY KEY, owner text); CREATE INDEX ON accounts (hashint8extended(id, 0));");
+    reference.on_all(schema);
+    let proxy = Proxy::builder()
+        .table("accounts", "id", "bigint")
+        .partitions(8)
+        .start(&shards);
+    let c = proxy.client().await;
+    for id in 1..=8i64 {
+        c.execute(
+            "INSERT INTO accounts VALUES ($1, $2)",
+            &[&id, &format!("o{id}")],
+        )
+        .await
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tsv = dir.path().join("accounts.tsv");
+    std::fs::write(&tsv, "2000\tx\n2001\ty\n2002\tz\n").unwrap();
+    let script = format!(
+        "SELECT count(*) FROM accounts;
+         SELECT id FROM accounts ORDER BY id LIMIT 3;
+         SELECT sum(id), max(id) FROM accounts;
+         INSERT INTO accounts(id, owner) VALUES (1000,'a'),(1001,'b');
+         \\copy accounts from '{}'
+         SELECT count(*), min(owner), max(owner) FROM accounts;",
+        tsv.display()
+    );
+    let file = dir.path().join("script.sql");
+    std::fs::write(&file, &script).unwrap();
+    let run = |url: String| {
+        let o = std::process::Command::new("psql")
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                file.to_str().unwrap(),
+                &url,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let out = run(proxy.url());
+    let direct = run(reference.nodes[0].url(&reference.db));
+    assert_eq!(out, direct);
+    assert!(out.starts_with("8\n1\n2\n3\n36|8"), "{out}");
+}
