@@ -160,6 +160,7 @@ impl Session {
             // (other nodes' parts are dropped, which rolls them back).
             let had_joined = !self.joined.is_empty();
             self.joined.clear();
+            self.begin_pending = false;
             if self.attached.take().is_some() || self.tx != Tx::None || had_joined {
                 self.tx = Tx::Failed;
             }

@@ -90,8 +90,9 @@ impl Session {
         let c = match self.joined.iter().position(|j| j.node() == node) {
             Some(i) => self.joined.swap_remove(i),
             None => {
+                let c = self.shared.pools[node].checkout().await?;
                 self.begin_pending = true;
-                self.shared.pools[node].checkout().await?
+                c
             }
         };
         self.set_cancel(&[&c]);
