@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::backend::{BackendError, Pool, ServerConn};
+use crate::backend::{BackendError, Checkout, Pool, ServerConn};
 use crate::protocol::messages::{encode_query, parse_error};
 
 /// Prefix of every gid shardcast prepares.
@@ -121,6 +121,55 @@ pub async fn commit(
         .await;
     }
     Ok(())
+}
+
+/// Ends the open transactions of `parts` together: PREPARE on each under a
+/// new gid, then [`commit`] with the decision on the catalog node (a
+/// participant's connection when it takes part, else one from `catalog`).
+/// Ok(Ok) committed everywhere; Ok(Err(why)) rolled back everywhere.
+pub async fn prepare_and_commit(
+    parts: &mut [Checkout],
+    catalog: &Arc<Pool>,
+) -> Result<Result<(), String>, BackendError> {
+    let gid = new_gid();
+    let mut prepared = true;
+    for c in parts.iter_mut() {
+        if let Some(e) = simple(c, &prepare_sql(&gid)).await? {
+            warn!(node = c.node_name(), error = %e, "PREPARE TRANSACTION failed");
+            prepared = false;
+        }
+    }
+    let at = parts.iter().position(|c| c.node() == catalog.node);
+    let mut extra = match at {
+        Some(_) => None,
+        None => Some(catalog.checkout().await?),
+    };
+    let (cat, mut rest): (&mut ServerConn, Vec<&mut ServerConn>) = match (at, extra.as_mut()) {
+        (Some(i), _) => {
+            let (before, after) = parts.split_at_mut(i);
+            let (cat, after) = after.split_first_mut().expect("index in range");
+            let rest = before.iter_mut().chain(after.iter_mut()).map(|c| &mut **c);
+            (&mut **cat, rest.collect())
+        }
+        (None, Some(c)) => (&mut **c, parts.iter_mut().map(|c| &mut **c).collect()),
+        (None, None) => unreachable!("checked out above"),
+    };
+    let why = if !prepared {
+        "a shard could not prepare it".to_string()
+    } else {
+        match commit(cat, at.is_some(), &mut rest, &gid).await {
+            Ok(()) => return Ok(Ok(())),
+            Err(CommitError::Decision(e)) => {
+                format!("the commit decision could not be recorded ({e})")
+            }
+            Err(CommitError::Backend(e)) => return Err(e),
+        }
+    };
+    if at.is_some() {
+        rest.push(cat);
+    }
+    abort(&mut rest, &gid).await;
+    Ok(Err(why))
 }
 
 /// `COMMIT PREPARED` on each participant; false if any could not (the

@@ -15,7 +15,6 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::error::FrontendError;
-use super::exchange::Exchange;
 use super::execute::Work;
 use super::session::{Session, FLUSH_AT};
 use crate::backend::{BackendError, Checkout, ServerConn};
@@ -156,10 +155,7 @@ impl Session {
     ) -> Result<(), FrontendError> {
         // Every node: the client's settings, BEGIN, the same COPY.
         for c in conns.iter_mut() {
-            let mut out = BytesMut::new();
-            let mut ex = Exchange::default();
-            self.prelude(c, &mut out, &mut ex);
-            self.settle(c, &out, &mut ex).await?;
+            self.sync_session(c, false).await?;
             let mut out = BytesMut::new();
             out.extend_from_slice(&encode_query("BEGIN").bytes);
             out.extend_from_slice(&encode_query(sql).bytes);
@@ -320,35 +316,14 @@ impl Session {
             }
             return Ok(Ok(()));
         }
-        let gid = twophase::new_gid();
-        let mut prepared_all = true;
-        for c in conns.iter_mut() {
-            if let Some(e) = twophase::simple(c, &twophase::prepare_sql(&gid)).await? {
-                tracing::warn!(node = c.node_name(), error = %e, "PREPARE TRANSACTION failed");
-                prepared_all = false;
-            }
-        }
-        let (catalog, rest) = conns.split_first_mut().expect("at least one node");
-        let mut rest: Vec<&mut ServerConn> = rest.iter_mut().map(|c| &mut **c).collect();
-        if !prepared_all {
-            rest.push(&mut **catalog);
-            twophase::abort(&mut rest, &gid).await;
-            return Ok(Err(
-                "the COPY was rolled back on every shard: a shard could not prepare it".into(),
-            ));
-        }
-        match twophase::commit(catalog, true, &mut rest, &gid).await {
-            Ok(()) => {
-                self.shared.metrics.two_phase("committed");
-                Ok(Ok(()))
-            }
-            Err(twophase::CommitError::Decision(e)) => {
-                rest.push(&mut **catalog);
-                twophase::abort(&mut rest, &gid).await;
-                Ok(Err(format!("the COPY was rolled back on every shard: {e}")))
-            }
-            Err(twophase::CommitError::Backend(e)) => Err(e),
-        }
+        let catalog = self.shared.pools[0].clone();
+        let r = twophase::prepare_and_commit(conns, &catalog).await?;
+        self.shared.metrics.two_phase(if r.is_ok() {
+            "committed"
+        } else {
+            "rolled_back"
+        });
+        Ok(r.map_err(|why| format!("the COPY was rolled back on every shard: {why}")))
     }
 }
 

@@ -6,11 +6,8 @@
 
 use std::time::Instant;
 
-use bytes::BytesMut;
-
 use super::batch::Msg;
 use super::error::FrontendError;
-use super::exchange::Exchange;
 use super::execute::{Outcome, Work};
 use super::session::Session;
 use super::spanning::status_of;
@@ -98,10 +95,7 @@ impl Session {
     ) -> Result<Outcome, FrontendError> {
         // The client's session settings on every connection first.
         for c in conns.iter_mut() {
-            let mut out = BytesMut::new();
-            let mut ex = Exchange::default();
-            self.prelude(c, &mut out, &mut ex);
-            self.settle(c, &out, &mut ex).await?;
+            self.sync_session(c, false).await?;
         }
         let max = self.shared.config.routing.merge_max_rows;
         match work {

@@ -183,59 +183,19 @@ impl Session {
             }
             return Ok(Some("ROLLBACK"));
         }
-        let gid = twophase::new_gid();
-        let mut prepared = true;
-        for c in all.iter_mut() {
-            if let Some(e) = twophase::simple(c, &twophase::prepare_sql(&gid)).await? {
-                tracing::warn!(node = c.node_name(), error = %e, "PREPARE TRANSACTION failed");
-                prepared = false;
-            }
-        }
-        let catalog_at = all.iter().position(|c| c.node() == 0);
-        let mut extra = None;
-        if catalog_at.is_none() {
-            extra = Some(self.shared.pools[0].checkout().await?);
-        }
-        let (catalog, mut rest): (&mut ServerConn, Vec<&mut ServerConn>) = match catalog_at {
-            Some(i) => {
-                let (before, after) = all.split_at_mut(i);
-                let (cat, after) = after.split_first_mut().expect("index in range");
-                (
-                    &mut **cat,
-                    before
-                        .iter_mut()
-                        .chain(after.iter_mut())
-                        .map(|c| &mut **c)
-                        .collect(),
-                )
-            }
-            None => (
-                &mut **extra.as_mut().expect("checked out above"),
-                all.iter_mut().map(|c| &mut **c).collect(),
-            ),
-        };
-        if !prepared {
-            if catalog_at.is_some() {
-                rest.push(catalog);
-            }
-            twophase::abort(&mut rest, &gid).await;
-            self.commit_failed("a shard could not prepare the transaction".into());
-            return Ok(None);
-        }
-        match twophase::commit(catalog, catalog_at.is_some(), &mut rest, &gid).await {
-            Ok(()) => {
-                self.shared.metrics.two_phase("committed");
-                Ok(Some("COMMIT"))
-            }
-            Err(twophase::CommitError::Decision(e)) => {
-                if catalog_at.is_some() {
-                    rest.push(catalog);
-                }
-                twophase::abort(&mut rest, &gid).await;
-                self.commit_failed(format!("the commit decision could not be recorded ({e})"));
+        let catalog = self.shared.pools[0].clone();
+        let r = twophase::prepare_and_commit(&mut all, &catalog).await?;
+        self.shared.metrics.two_phase(if r.is_ok() {
+            "committed"
+        } else {
+            "rolled_back"
+        });
+        match r {
+            Ok(()) => Ok(Some("COMMIT")),
+            Err(why) => {
+                self.commit_failed(why);
                 Ok(None)
             }
-            Err(twophase::CommitError::Backend(e)) => Err(e.into()),
         }
     }
 

@@ -42,18 +42,10 @@ impl Session {
                 "filter on the shard key, or run it outside the transaction".into(),
             ));
         }
-        if self.status() == b'E' {
-            return Err(FrontendError::route(
-                sqlstate::IN_FAILED_TRANSACTION,
-                "current transaction is aborted, commands ignored until end of transaction block"
-                    .into(),
-                "end it with ROLLBACK".into(),
-            ));
-        }
-        Ok(())
+        self.refuse_if_spanning_failed()
     }
 
-    /// A statement in a transaction that spans nodes, after one part failed.
+    /// A statement in a transaction whose part on some node failed.
     #[cold]
     pub(super) fn refuse_if_spanning_failed(&self) -> Result<(), FrontendError> {
         if self.status() == b'E' {
@@ -147,36 +139,33 @@ impl Session {
                 continue;
             }
             let mut c = self.shared.pools[i].checkout().await?;
-            let mut out = BytesMut::new();
-            let mut ex = Exchange::default();
-            self.prelude(&mut c, &mut out, &mut ex);
-            for sql in &self.tx_begin {
-                out.extend_from_slice(&encode_query(sql).bytes);
-                ex.push(Expect::swallow(Until::Query));
-            }
-            self.settle(&mut c, &out, &mut ex).await?;
+            self.sync_session(&mut c, true).await?;
             *slot = Some(c);
         }
         Ok(have.into_iter().flatten().collect())
     }
 
-    /// Sends what `prelude` prepared (settings, a BEGIN) to a connection
-    /// off the hot path and waits for its replies; an error reaches the
-    /// client. (The hot path has its own, inlined, `pump`.)
-    pub(super) async fn settle(
+    /// Brings a connection off the hot path up to the client's session
+    /// settings (and, with `begin`, into the running transaction) and
+    /// waits for it; an error reaches the client. (The single-node path
+    /// has its own, inlined, exchange.)
+    pub(super) async fn sync_session(
         &mut self,
         c: &mut Checkout,
-        out: &[u8],
-        ex: &mut Exchange,
+        begin: bool,
     ) -> Result<(), FrontendError> {
-        // Only swallowed simple queries (settings, BEGIN): one
-        // ReadyForQuery each.
+        let mut out = BytesMut::new();
+        let mut ex = Exchange::default();
+        self.prelude(c, &mut out, &mut ex);
+        if begin {
+            self.begin_here(&mut out, &mut ex);
+        }
+        // Only swallowed simple queries: one ReadyForQuery each.
         let mut left = ex.len();
-        ex.clear();
         if left == 0 {
             return Ok(());
         }
-        c.write_all(out).await?;
+        c.write_all(&out).await?;
         while left > 0 {
             let f = c.recv().await?;
             match f.tag {
