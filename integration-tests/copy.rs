@@ -32,14 +32,6 @@ fn check_placement(cluster: &Cluster, proxy: &Proxy) -> usize {
     total
 }
 
-fn total(cluster: &Cluster, sql: &str) -> i64 {
-    cluster
-        .nodes
-        .iter()
-        .map(|n| n.psql(&cluster.db, sql).parse::<i64>().unwrap())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_rows_go_to_their_nodes_in_every_format() {
     let cluster = Cluster::start(3);
@@ -61,10 +53,7 @@ async fn copy_rows_go_to_their_nodes_in_every_format() {
     assert!(text(&out).contains("COPY 5000"), "{}", text(&out));
     assert_eq!(check_placement(&cluster, &proxy), 5000);
     assert_eq!(
-        total(
-            &cluster,
-            "SELECT count(*) FROM accounts WHERE owner LIKE E'owner\\t%'"
-        ),
+        cluster.sum("SELECT count(*) FROM accounts WHERE owner LIKE E'owner\\t%'"),
         5000
     );
 
@@ -118,12 +107,12 @@ async fn copy_rows_go_to_their_nodes_in_every_format() {
         ),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let want = total(&cluster, "SELECT count(*) FROM accounts WHERE balance = 3");
+    let want = cluster.sum("SELECT count(*) FROM accounts WHERE balance = 3");
     assert_eq!(
         std::fs::read_to_string(&dump).unwrap().lines().count() as i64,
         want
     );
-    assert_eq!(total(&cluster, "SELECT count(*) FROM pg_prepared_xacts"), 0);
+    assert_eq!(cluster.sum("SELECT count(*) FROM pg_prepared_xacts"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +138,7 @@ async fn a_bad_row_fails_the_whole_copy_on_every_node() {
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("22P02") && t.contains("line 2000"), "{t}");
     assert_eq!(
-        total(&cluster, "SELECT count(*) FROM accounts"),
+        cluster.sum("SELECT count(*) FROM accounts"),
         0,
         "nothing of the failed COPY stays"
     );
@@ -165,8 +154,8 @@ async fn a_bad_row_fails_the_whole_copy_on_every_node() {
         &format!("\\copy accounts from '{}'", tsv.display()),
     ]);
     assert!(text(&out).contains("23505"), "{}", text(&out));
-    assert_eq!(total(&cluster, "SELECT count(*) FROM accounts"), 1);
-    assert_eq!(total(&cluster, "SELECT count(*) FROM pg_prepared_xacts"), 0);
+    assert_eq!(cluster.sum("SELECT count(*) FROM accounts"), 1);
+    assert_eq!(cluster.sum("SELECT count(*) FROM pg_prepared_xacts"), 0);
     // The session and the pool are fine afterwards.
     let out = proxy.psql(&["-c", "SELECT count(*) FROM accounts"]);
     assert!(text(&out).contains('1'), "{}", text(&out));

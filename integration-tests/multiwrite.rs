@@ -16,15 +16,7 @@ fn count_on(cluster: &Cluster, i: usize, sql: &str) -> i64 {
 }
 
 fn prepared_left(cluster: &Cluster) -> i64 {
-    (0..cluster.nodes.len())
-        .map(|i| count_on(cluster, i, "SELECT count(*) FROM pg_prepared_xacts"))
-        .sum()
-}
-
-fn total(cluster: &Cluster, sql: &str) -> i64 {
-    (0..cluster.nodes.len())
-        .map(|i| count_on(cluster, i, sql))
-        .sum()
+    cluster.sum("SELECT count(*) FROM pg_prepared_xacts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +79,7 @@ async fn split_inserts_and_keyless_writes_reach_every_node() {
             "id {id} on {node}"
         );
     }
-    assert_eq!(total(&cluster, "SELECT count(*) FROM accounts"), 36);
+    assert_eq!(cluster.sum("SELECT count(*) FROM accounts"), 36);
 
     // UPDATE and DELETE without the key: every node, counts summed.
     assert_eq!(
@@ -100,10 +92,7 @@ async fn split_inserts_and_keyless_writes_reach_every_node() {
         21
     );
     assert_eq!(
-        total(
-            &cluster,
-            "SELECT count(*) FROM accounts WHERE balance >= 11"
-        ),
+        cluster.sum("SELECT count(*) FROM accounts WHERE balance >= 11"),
         21
     );
     assert_eq!(
@@ -112,7 +101,7 @@ async fn split_inserts_and_keyless_writes_reach_every_node() {
             .unwrap(),
         2
     );
-    assert_eq!(total(&cluster, "SELECT count(*) FROM accounts"), 34);
+    assert_eq!(cluster.sum("SELECT count(*) FROM accounts"), 34);
     // An IN list across nodes.
     assert_eq!(
         c.execute("DELETE FROM accounts WHERE id IN (1, 2, 3, 4, 5, 6)", &[])
@@ -142,7 +131,7 @@ async fn split_inserts_and_keyless_writes_reach_every_node() {
     ids.sort();
     assert_eq!(ids, vec![7, 8, 5000]);
     assert_eq!(
-        total(&cluster, "SELECT count(*) FROM accounts WHERE owner = 'up'"),
+        cluster.sum("SELECT count(*) FROM accounts WHERE owner = 'up'"),
         2
     );
 
@@ -187,7 +176,7 @@ async fn a_write_that_fails_on_one_node_commits_on_none() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "23505");
     assert_eq!(
-        total(&cluster, "SELECT count(*) FROM accounts"),
+        cluster.sum("SELECT count(*) FROM accounts"),
         1,
         "nothing of the failed INSERT stays"
     );
@@ -204,7 +193,7 @@ async fn a_write_that_fails_on_one_node_commits_on_none() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "23514");
     assert_eq!(
-        total(&cluster, "SELECT coalesce(sum(balance), 0) FROM accounts"),
+        cluster.sum("SELECT coalesce(sum(balance), 0) FROM accounts"),
         149
     );
     assert_eq!(prepared_left(&cluster), 0);
@@ -259,13 +248,10 @@ async fn in_doubt_transactions_are_resolved_after_a_crash() {
             "{fault}: recovery left a prepared transaction"
         );
         assert_eq!(
-            total(
-                &cluster,
-                &format!(
-                    "SELECT count(*) FROM accounts WHERE id > {base} AND id <= {}",
-                    base + 10
-                )
-            ),
+            cluster.sum(&format!(
+                "SELECT count(*) FROM accounts WHERE id > {base} AND id <= {}",
+                base + 10
+            )),
             want_rows,
             "{fault}"
         );

@@ -233,6 +233,18 @@ impl Cluster {
         Cluster { nodes, db }
     }
 
+    /// A number-valued query run on every node, summed (e.g. a row count).
+    pub fn sum(&self, sql: &str) -> i64 {
+        self.nodes
+            .iter()
+            .map(|n| {
+                n.psql(&self.db, sql)
+                    .parse::<i64>()
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            })
+            .sum()
+    }
+
     /// Runs the same SQL on every node (schema setup).
     pub fn on_all(&self, sql: &str) {
         for n in &self.nodes {
