@@ -294,17 +294,7 @@ impl Session {
         if let Some(gid) = gid {
             result = self.finish_two_phase(&mut conns, works, gid, result).await;
         }
-        if result.is_err() {
-            for c in &mut conns {
-                c.reusable = false;
-            }
-        } else {
-            self.give_back(conns);
-        }
-        self.shared
-            .metrics
-            .fanout_latency
-            .observe(started.elapsed().as_secs_f64());
+        self.end_fanout(conns, result.is_err(), started);
         result
     }
 

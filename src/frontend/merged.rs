@@ -73,17 +73,11 @@ impl Session {
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
         let result = self.merge_on(&mut conns, &plan, work).await;
         self.set_cancel(&[]);
-        if matches!(result, Err(FrontendError::Backend(_))) {
-            for c in &mut conns {
-                c.reusable = false;
-            }
-        } else {
-            self.give_back(conns);
-        }
-        self.shared
-            .metrics
-            .fanout_latency
-            .observe(started.elapsed().as_secs_f64());
+        self.end_fanout(
+            conns,
+            matches!(result, Err(FrontendError::Backend(_))),
+            started,
+        );
         result
     }
 

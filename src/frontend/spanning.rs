@@ -180,6 +180,27 @@ impl Session {
         Ok(())
     }
 
+    /// After work on every node: connections in an unknown state (`broken`)
+    /// are dropped, the others given back; the fan-out's latency recorded.
+    pub(super) fn end_fanout(
+        &mut self,
+        mut conns: Vec<Checkout>,
+        broken: bool,
+        started: std::time::Instant,
+    ) {
+        if broken {
+            for c in &mut conns {
+                c.reusable = false;
+            }
+        } else {
+            self.give_back(conns);
+        }
+        self.shared
+            .metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Gives connections from `every_node` back: to their pools, or to the
     /// transaction they joined.
     pub(super) fn give_back(&mut self, conns: Vec<Checkout>) {

@@ -14,14 +14,15 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Expr, Function, GroupByExpr, Ident, LimitClause, ObjectName, ObjectNamePart, OrderByExpr,
-    OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr, Statement, Value,
+    Expr, Function, GroupByExpr, Ident, LimitClause, ObjectName, OrderByExpr, OrderByKind,
+    OrderBySort, Query, Select, SelectItem, SetExpr, Statement, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use super::aggregate::{expand, Rewriter};
 use crate::config::{KeyType, TableConfig};
+pub(super) use crate::router::sql::last_part;
 
 /// What the planner knows of the database: the sharded tables and which
 /// function names are aggregates (built-in ones plus those the nodes
@@ -617,17 +618,6 @@ fn aliased<'a>(e: &Expr, projection: &'a [SelectItem]) -> Option<&'a Expr> {
         SelectItem::ExprWithAlias { expr, alias } if same_ident(alias, id) => Some(expr),
         _ => None,
     })
-}
-
-pub(super) fn last_part(name: &ObjectName) -> Option<String> {
-    match name.0.last()? {
-        ObjectNamePart::Identifier(id) => Some(if id.quote_style.is_some() {
-            id.value.clone()
-        } else {
-            id.value.to_ascii_lowercase()
-        }),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

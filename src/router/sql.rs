@@ -398,7 +398,8 @@ fn relations(s: &Statement) -> Vec<ObjectName> {
     out
 }
 
-fn last_part(name: &ObjectName) -> Option<String> {
+/// The unqualified name of a relation, folded as PostgreSQL folds it.
+pub fn last_part(name: &ObjectName) -> Option<String> {
     match name.0.last()? {
         ObjectNamePart::Identifier(id) => Some(if id.quote_style.is_some() {
             id.value.clone()
