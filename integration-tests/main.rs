@@ -10,6 +10,8 @@ mod differential;
 mod failures;
 mod forecast;
 mod hash_compat;
+mod migration;
+mod migration_faults;
 mod multiwrite;
 mod pooling;
 mod routing;

@@ -15,12 +15,7 @@ use crate::config::{Config, KeyType};
 
 /// SQL type and PostgreSQL hash function for a key type.
 pub fn key_sql(t: KeyType) -> (&'static str, &'static str) {
-    match t {
-        KeyType::Bigint => ("bigint", "hashint8extended"),
-        KeyType::Integer => ("integer", "hashint4extended"),
-        KeyType::Text => ("text", "hashtextextended"),
-        KeyType::Uuid => ("uuid", "uuid_hash_extended"),
-    }
+    t.sql()
 }
 
 async fn connect(t: &NodeTarget, db: &str) -> anyhow::Result<tokio_postgres::Client> {

@@ -7,6 +7,7 @@
 //! routing, the router nothing of sockets, the ring nothing of SQL.
 
 pub mod admin;
+pub mod admin_client;
 pub mod analyzer;
 pub mod backend;
 pub mod catalog;
@@ -19,3 +20,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod ring;
 pub mod router;
+pub mod sharding;
+pub mod validation;

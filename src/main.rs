@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use shardcast::admin_client::{self, Request};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,75 @@ enum Cmd {
     CheckConfig {
         #[arg(long, default_value = "config/shardcast.toml")]
         config: PathBuf,
+    },
+    /// Move a partition to another node, through a running proxy's admin
+    /// API. Exits 2 if the proxy refuses, 1 if a followed migration aborts.
+    Migrate {
+        /// The proxy's admin API (its `admin_listen`), as http://host:port.
+        #[arg(long, default_value = admin_client::DEFAULT_ADMIN)]
+        admin: String,
+        /// The partition to move.
+        #[arg(long)]
+        partition: u32,
+        /// The node to move it to.
+        #[arg(long)]
+        to: String,
+        /// Follow the migration until it is done or aborted.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Split a partition in two, and optionally move the upper half to
+    /// another node.
+    Split {
+        /// The proxy's admin API (its `admin_listen`), as http://host:port.
+        #[arg(long, default_value = admin_client::DEFAULT_ADMIN)]
+        admin: String,
+        /// The partition to split.
+        #[arg(long)]
+        partition: u32,
+        /// The hash where the upper half starts (the middle of the range
+        /// if left out).
+        #[arg(long, allow_negative_numbers = true)]
+        at: Option<i64>,
+        /// Move the upper half to this node once split.
+        #[arg(long)]
+        to: Option<String>,
+        /// Follow the migrations until they are done or aborted.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Merge two adjacent partitions on one node into one.
+    Merge {
+        /// The proxy's admin API (its `admin_listen`), as http://host:port.
+        #[arg(long, default_value = admin_client::DEFAULT_ADMIN)]
+        admin: String,
+        /// The two partitions, like 3,4.
+        #[arg(long, value_delimiter = ',', required = true)]
+        partitions: Vec<u32>,
+        /// Follow the migration until it is done or aborted.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Move every partition off a node, each to the least loaded other node.
+    Drain {
+        /// The proxy's admin API (its `admin_listen`), as http://host:port.
+        #[arg(long, default_value = admin_client::DEFAULT_ADMIN)]
+        admin: String,
+        /// The node to empty.
+        #[arg(long)]
+        node: String,
+        /// Follow every move until it is done or aborted.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List the latest migrations across the cluster, newest first.
+    Migrations {
+        /// The proxy's admin API (its `admin_listen`), as http://host:port.
+        #[arg(long, default_value = admin_client::DEFAULT_ADMIN)]
+        admin: String,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -91,6 +161,49 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Cmd::Migrate {
+            admin,
+            partition,
+            to,
+            wait,
+        } => exit(admin_client::submit(
+            &admin,
+            &Request::Move { partition, to },
+            wait,
+        )),
+        Cmd::Split {
+            admin,
+            partition,
+            at,
+            to,
+            wait,
+        } => exit(admin_client::submit(
+            &admin,
+            &Request::Split { partition, at, to },
+            wait,
+        )),
+        Cmd::Merge {
+            admin,
+            partitions,
+            wait,
+        } => exit(admin_client::submit(
+            &admin,
+            &Request::Merge { partitions },
+            wait,
+        )),
+        Cmd::Drain { admin, node, wait } => {
+            exit(admin_client::submit(&admin, &Request::Drain { node }, wait))
+        }
+        Cmd::Migrations { admin, json } => exit(admin_client::list(&admin, json)),
+    }
+}
+
+/// Ends the process with an admin client's exit code.
+fn exit(code: i32) -> anyhow::Result<()> {
+    if code == 0 {
+        Ok(())
+    } else {
+        std::process::exit(code)
     }
 }
 

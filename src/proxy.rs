@@ -39,7 +39,7 @@ fn fallback_params() -> Vec<(String, String)> {
 /// are reported and retried on demand: the proxy still starts.
 pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     let names: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
-    let table = RoutingTable::even(1, config.sharding.partitions, names.clone())
+    let seed = RoutingTable::even(1, config.sharding.partitions, names.clone())
         .context("building the initial routing table")?;
     let mut pools = Vec::new();
     for (i, n) in config.nodes.iter().enumerate() {
@@ -74,6 +74,13 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
             warn!(error = %e, "catalog schema not created; multi-node writes will fail until the catalog node is back");
         }
     }
+    let catalog_target = match &config.catalog.url {
+        Some(url) => NodeTarget::from_url("catalog", url)
+            .map_err(|e| anyhow::anyhow!("[catalog] url: {e}"))?,
+        None => pools[0].target.clone(),
+    };
+    let table = routing_from_catalog(&catalog_target, &config, seed).await?;
+    let catalog = crate::catalog::Catalog::new(catalog_target, &config.proxy.listen);
     let metrics = Arc::new(Metrics::new(&names));
     let recorder = Arc::new(Recorder::new(
         config.recorder.enabled,
@@ -99,8 +106,52 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         merge_catalog,
         type_names: Default::default(),
         two_phase,
+        catalog: Some(catalog),
         config,
     }))
+}
+
+/// The routing table to serve: the catalog's latest epoch (seeded from
+/// the config when the catalog is empty). With the catalog unreachable the
+/// config's table is served until the follower reaches it — the nodes'
+/// fences keep a stale table from writing anywhere wrong.
+async fn routing_from_catalog(
+    target: &NodeTarget,
+    config: &Config,
+    seed: RoutingTable,
+) -> anyhow::Result<RoutingTable> {
+    if let Err(e) = crate::catalog::bootstrap_at(target).await {
+        warn!(error = %e, "catalog unreachable at startup; serving the config's partitions until it answers");
+        return Ok(seed);
+    }
+    let mut c = match crate::catalog::connect(target, "shardcast-catalog").await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "catalog unreachable at startup; serving the config's partitions until it answers");
+            return Ok(seed);
+        }
+    };
+    let table = crate::catalog::epochs::seed(&mut c, &seed)
+        .await
+        .map_err(|e| anyhow::anyhow!("catalog: {e}"))?;
+    for n in &config.nodes {
+        let address = NodeTarget::from_url(&n.name, &n.url)
+            .map(|t| format!("{}:{}/{}", t.host, t.port, t.dbname))
+            .unwrap_or_default();
+        let _ = c
+            .execute(
+                "INSERT INTO shardcast.nodes (name, address) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address",
+                &[&n.name, &address],
+            )
+            .await;
+    }
+    info!(
+        epoch = table.epoch(),
+        partitions = table.partitions().len(),
+        "routing table from the catalog"
+    );
+    Ok(table)
 }
 
 /// A catalog connection to the first node that answers.
@@ -201,6 +252,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let forecast_task = tokio::spawn(forecast(shared.clone(), stop_rx.clone()));
     let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop_rx.clone()));
     let recovery_task = tokio::spawn(recover_in_doubt(shared.clone(), stop_rx.clone()));
+    let follow_task = tokio::spawn(crate::catalog::follow::follow(
+        shared.clone(),
+        stop_rx.clone(),
+    ));
+    let resume_task = tokio::spawn(crate::sharding::resume(shared.clone(), stop_rx.clone()));
 
     shutdown_signal().await;
     info!("shutting down");
@@ -210,6 +266,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = rollup_task.await;
     let _ = forecast_task.await;
     let _ = recovery_task.await;
+    let _ = follow_task.await;
+    let _ = resume_task.await;
     Ok(())
 }
 

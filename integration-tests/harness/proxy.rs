@@ -161,6 +161,59 @@ impl Proxy {
         head.starts_with("HTTP/1.1 200").then(|| body.to_string())
     }
 
+    /// Any request on the admin port: (status, body).
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin port");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (status, body.to_string())
+    }
+
+    /// Starts a migration (`POST /api/migrations`); returns its id.
+    pub fn migrate(&self, request: serde_json::Value) -> i64 {
+        let (status, body) = self.admin("POST", "/api/migrations", &request.to_string());
+        assert_eq!(status, 202, "POST /api/migrations {request}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["id"].as_i64().unwrap()
+    }
+
+    /// Waits until migration `id` is done or aborted; returns its JSON.
+    pub fn wait_migration(&self, id: i64, limit: Duration) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.admin("GET", &format!("/api/migrations/{id}"), "");
+            if status == 200 {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                if matches!(v["state"].as_str(), Some("done" | "aborted")) {
+                    return v;
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "migration {id} unfinished after {limit:?}: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process has exited (e.g. an injected fault).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
     /// GET on the admin port; panics unless 200.
     pub fn admin_get(&self, path: &str) -> String {
         self.try_get(path)

@@ -1,6 +1,7 @@
 //! The admin HTTP server (hyper): `/metrics` for Prometheus, `/api/*` as
 //! JSON for tools and tests, and `/` a status page for people.
 
+mod migrations;
 mod render;
 mod status_page;
 
@@ -41,7 +42,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req)) }
+                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -50,7 +51,14 @@ pub async fn serve(
     }
 }
 
-fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    shared: &Arc<Shared>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if path == "/api/migrations" || path.starts_with("/api/migrations/") {
+        return migrations::handle(shared, req).await;
+    }
     if req.method() != Method::GET {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -87,12 +95,12 @@ fn handle(shared: &Shared, req: Request<hyper::body::Incoming>) -> Response<Full
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            format!("no such path {other}; try /metrics, /api/routing, /api/forecast, /api/nodes or /\n"),
+            format!("no such path {other}; try /metrics, /api/routing, /api/forecast, /api/nodes, /api/migrations or /\n"),
         ),
     }
 }
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)

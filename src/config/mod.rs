@@ -29,6 +29,85 @@ pub struct Config {
     pub routing: RoutingConfig,
     #[serde(default)]
     pub transactions: TransactionsConfig,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub migration: MigrationConfig,
+}
+
+/// Where the cluster's shared state lives (routing epochs, migration
+/// journal, proxy heartbeats).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// `postgres://…` of the catalog database (default: the first node's).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// Online migration: how fast it copies, how long writes may be held.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// Bytes per second a copy may read from its source (`64MB`; `0`: no
+    /// limit), so the source keeps serving.
+    #[serde(default = "defaults::copy_rate", deserialize_with = "bytes_rate")]
+    pub copy_rate: u64,
+    /// Migrations running at once, across all proxies (default 1).
+    #[serde(default = "defaults::max_concurrent")]
+    pub max_concurrent: usize,
+    /// Longest a write waits for a cut-over before it fails with 40001.
+    #[serde(default = "defaults::hold_timeout", deserialize_with = "duration")]
+    pub hold_timeout: u64,
+    /// How often a proxy records its heartbeat in the catalog.
+    #[serde(default = "defaults::heartbeat", deserialize_with = "duration")]
+    pub heartbeat: u64,
+    /// A proxy silent for this long no longer holds back a clean-up.
+    #[serde(default = "defaults::heartbeat_timeout", deserialize_with = "duration")]
+    pub heartbeat_timeout: u64,
+    /// How often a proxy polls the catalog for a new epoch (besides
+    /// LISTEN/NOTIFY).
+    #[serde(default = "defaults::poll", deserialize_with = "duration")]
+    pub poll: u64,
+    /// The catch-up ends (and the cut-over starts) when fewer changed rows
+    /// than this are waiting.
+    #[serde(default = "defaults::catch_up_rows")]
+    pub catch_up_rows: usize,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        Self {
+            copy_rate: defaults::copy_rate(),
+            max_concurrent: defaults::max_concurrent(),
+            hold_timeout: defaults::hold_timeout(),
+            heartbeat: defaults::heartbeat(),
+            heartbeat_timeout: defaults::heartbeat_timeout(),
+            poll: defaults::poll(),
+            catch_up_rows: defaults::catch_up_rows(),
+        }
+    }
+}
+
+/// Bytes in `64MB`, `512kB`, `1GB`, `100` (bytes); `0` means no limit.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1 << 10,
+        "mb" | "m" => 1 << 20,
+        "gb" | "g" => 1 << 30,
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+fn bytes_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_bytes(&s)
+        .ok_or_else(|| serde::de::Error::custom(format!("\"{s}\" is not a rate like 64MB")))
 }
 
 /// Atomicity of statements that change rows on several nodes.
@@ -188,6 +267,17 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// The SQL type and the PostgreSQL hash function (seed 0 gives the
+    /// ring's hash) of this key type.
+    pub fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            KeyType::Bigint => ("bigint", "hashint8extended"),
+            KeyType::Integer => ("integer", "hashint4extended"),
+            KeyType::Text => ("text", "hashtextextended"),
+            KeyType::Uuid => ("uuid", "uuid_hash_extended"),
+        }
+    }
+
     /// Equal keys of these two types hash alike (an int8 in int4 range
     /// hashes like that int4), so a join on them is co-located.
     pub fn hash_compatible(self, other: KeyType) -> bool {
@@ -278,6 +368,27 @@ pub struct UserConfig {
 mod defaults {
     pub fn recover_after() -> u64 {
         30
+    }
+    pub fn copy_rate() -> u64 {
+        256 << 20
+    }
+    pub fn max_concurrent() -> usize {
+        1
+    }
+    pub fn hold_timeout() -> u64 {
+        5
+    }
+    pub fn heartbeat() -> u64 {
+        2
+    }
+    pub fn heartbeat_timeout() -> u64 {
+        10
+    }
+    pub fn poll() -> u64 {
+        3
+    }
+    pub fn catch_up_rows() -> usize {
+        100
     }
     pub fn merge_max_rows() -> usize {
         100_000

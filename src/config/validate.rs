@@ -76,6 +76,16 @@ const TRANSACTIONS: &[Field] = &[
     f("two_phase", Ty::Bool, false),
     f("recover_after", Ty::Str, false),
 ];
+const CATALOG: &[Field] = &[f("url", Ty::Str, false)];
+const MIGRATION: &[Field] = &[
+    f("copy_rate", Ty::Str, false),
+    f("max_concurrent", Ty::Int, false),
+    f("hold_timeout", Ty::Str, false),
+    f("heartbeat", Ty::Str, false),
+    f("heartbeat_timeout", Ty::Str, false),
+    f("poll", Ty::Str, false),
+    f("catch_up_rows", Ty::Int, false),
+];
 const ROOT: &[Field] = &[
     f("proxy", Ty::Table(PROXY), true),
     f("nodes", Ty::Tables(NODE), true),
@@ -87,6 +97,8 @@ const ROOT: &[Field] = &[
     f("forecast", Ty::Table(FORECAST), false),
     f("routing", Ty::Table(ROUTING), false),
     f("transactions", Ty::Table(TRANSACTIONS), false),
+    f("catalog", Ty::Table(CATALOG), false),
+    f("migration", Ty::Table(MIGRATION), false),
 ];
 
 /// What the walk found: issues, and the span of every scalar by key path.
@@ -303,6 +315,8 @@ impl Walk<'_> {
             ("pool.checkout_timeout_ms", 3_600_000),
             ("recorder.history_minutes", 60 * 24 * 366),
             ("routing.merge_max_rows", 100_000_000),
+            ("migration.max_concurrent", 1_000),
+            ("migration.catch_up_rows", 100_000_000),
         ] {
             if let Some(m) = positive(self, key, max) {
                 self.issue(key, self.at(key), m);
@@ -314,6 +328,10 @@ impl Walk<'_> {
             "forecast.interval",
             "forecast.history",
             "transactions.recover_after",
+            "migration.hold_timeout",
+            "migration.heartbeat",
+            "migration.heartbeat_timeout",
+            "migration.poll",
         ] {
             if let Some(d) = self.get(key).map(str::to_string) {
                 if super::parse_duration(&d).is_none() {
@@ -323,6 +341,15 @@ impl Walk<'_> {
                         format!("\"{d}\" is not a duration like 10s, 15m, 2h or 1d"),
                     );
                 }
+            }
+        }
+        if let Some(r) = self.get("migration.copy_rate").map(str::to_string) {
+            if super::parse_bytes(&r).is_none() {
+                self.issue(
+                    "migration.copy_rate",
+                    self.at("migration.copy_rate"),
+                    format!("\"{r}\" is not a rate like 64MB (per second; 0 for no limit)"),
+                );
             }
         }
         if let Some(q) = self.get("forecast.quantile").map(str::to_string) {

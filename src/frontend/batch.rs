@@ -78,7 +78,19 @@ impl Session {
     pub(super) async fn run_batch(&mut self) -> Result<(), FrontendError> {
         let mut frames = std::mem::take(&mut self.batch);
         let mut decoded = std::mem::take(&mut self.decoded);
-        let r = self.run_decoded(&mut frames, &mut decoded).await;
+        let mut epoch = self.shared.routing.peek().epoch();
+        let mut r = self.run_decoded(&mut frames, &mut decoded, false).await;
+        // A write held for a cut-over, or fenced by a node: once a newer
+        // routing table is in, the same messages are routed again.
+        let mut tries = 0;
+        while matches!(r, Err(FrontendError::Moved { .. })) && tries < 3 {
+            if !self.await_move(epoch).await {
+                break;
+            }
+            tries += 1;
+            epoch = self.shared.routing.peek().epoch();
+            r = self.run_decoded(&mut frames, &mut decoded, true).await;
+        }
         frames.clear();
         decoded.msgs.clear();
         decoded.decisions.clear();
@@ -88,15 +100,34 @@ impl Session {
         r
     }
 
+    /// Decodes and runs one batch; `again`: the batch was decoded already
+    /// and only its routing is decided anew.
     async fn run_decoded(
         &mut self,
         frames: &mut Vec<Frame>,
         decoded: &mut Decoded,
+        again: bool,
     ) -> Result<(), FrontendError> {
-        let ends_with_sync = frames.last().is_some_and(|f| f.tag == b'S');
+        let ends_with_sync = if again {
+            matches!(
+                decoded.msgs.last(),
+                Some(Msg::Raw {
+                    until: Some(Until::Ready),
+                    ..
+                })
+            )
+        } else {
+            frames.last().is_some_and(|f| f.tag == b'S')
+        };
         let started = Instant::now();
-        let (msgs, decisions, commands) = match self.decode_batch(frames, decoded) {
+        let ready = if again {
+            self.redecide(decoded)
+        } else {
+            self.decode_batch(frames, decoded)
+        };
+        let (msgs, decisions, commands) = match ready {
             Ok(()) => (&decoded.msgs, &decoded.decisions, &decoded.commands),
+            Err(e @ FrontendError::Moved { .. }) => return Err(e),
             Err(e) if !e.is_fatal() => {
                 // As PostgreSQL: an error, then everything up to Sync is skipped.
                 self.report(&e);
@@ -231,6 +262,7 @@ impl Session {
             commands,
         } = out;
         let table = self.shared.routing.peek();
+        let mut held = None;
         for f in frames.drain(..) {
             match f.tag {
                 b'P' => {
@@ -285,13 +317,13 @@ impl Session {
                         )
                     })?;
                     for s in analysis.shapes.iter() {
-                        decisions.push(decide(
-                            s,
-                            &analysis.values,
-                            Some(&b),
-                            &table,
-                            self.policy(),
-                        )?);
+                        match decide(s, &analysis.values, Some(&b), &table, self.policy()) {
+                            Ok(d) => decisions.push(d),
+                            // Decoding goes on (the messages are kept); the
+                            // batch waits for the cut-over, then `redecide`.
+                            Err(FrontendError::Moved { partition }) => held = Some(partition),
+                            Err(e) => return Err(e),
+                        }
                         commands.push(s.command);
                     }
                     let frame = if stmt.id == 0 {
@@ -340,6 +372,37 @@ impl Session {
                     frame: f,
                     until: None,
                 }),
+            }
+        }
+        match held {
+            Some(partition) => Err(FrontendError::Moved { partition }),
+            None => Ok(()),
+        }
+    }
+
+    /// Routes decoded messages again, against the current table (after a
+    /// write was held or fenced).
+    fn redecide(&mut self, out: &mut Decoded) -> Result<(), FrontendError> {
+        let table = self.shared.routing.peek();
+        out.decisions.clear();
+        out.commands.clear();
+        for m in &out.msgs {
+            let Msg::Bind { stmt, frame } = m else {
+                continue;
+            };
+            let b = parse_bind(frame)?;
+            let Ok(analysis) = stmt.analysis.as_ref() else {
+                continue;
+            };
+            for s in analysis.shapes.iter() {
+                out.decisions.push(decide(
+                    s,
+                    &analysis.values,
+                    Some(&b),
+                    &table,
+                    self.policy(),
+                )?);
+                out.commands.push(s.command);
             }
         }
         Ok(())

@@ -22,6 +22,11 @@ pub enum FrontendError {
     /// The client went away.
     #[error("client connection: {0}")]
     ClientIo(#[from] std::io::Error),
+    /// A write met a partition in cut-over (held), or a node fenced it
+    /// (moved): the caller waits for a newer routing table and runs the
+    /// unit of work again; nothing of it reached the client.
+    #[error("partition {partition} is moving; the write waits for its new home")]
+    Moved { partition: u32 },
 }
 
 impl FrontendError {
@@ -42,6 +47,7 @@ impl FrontendError {
             FrontendError::Backend(_) => sqlstate::CONNECTION_FAILURE,
             FrontendError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
             FrontendError::ClientIo(_) => sqlstate::CONNECTION_FAILURE,
+            FrontendError::Moved { .. } => sqlstate::SERIALIZATION_FAILURE,
         }
     }
 
@@ -65,6 +71,12 @@ impl FrontendError {
             FrontendError::ClientIo(e) => {
                 error_response("FATAL", self.sqlstate(), &e.to_string(), None)
             }
+            FrontendError::Moved { partition } => error_response(
+                "ERROR",
+                self.sqlstate(),
+                &format!("partition {partition} is moving to another node and its cut-over has not finished"),
+                Some("retry the statement (GET /api/migrations shows the move)"),
+            ),
         }
     }
 

@@ -71,9 +71,7 @@ impl Session {
                     .unwrap_or(self.shared.default_node),
                 None,
             ),
-            Dest::Node {
-                node, partition, ..
-            } => (node, partition),
+            Dest::Node { node, partition } => (node, partition),
         };
         // A statement for another node than the transaction's: that node
         // joins the transaction (two-phase commit) or it is refused. Out
@@ -105,6 +103,7 @@ impl Session {
             Work::Batch(msgs, _) => build_batch(msgs, &conn, &mut out, &mut ex),
         }
         let out_before = self.wbuf.len() as u64;
+        let flushes = self.flushes;
         let result = async {
             conn.write_all(&out).await?;
             self.pump(&mut conn, &mut ex).await
@@ -147,6 +146,24 @@ impl Session {
         );
         self.attached = Some(conn);
         self.release_if_idle();
+        if std::mem::take(&mut self.moved) {
+            // A node's fence: the partition moved under a stale table. Run
+            // again on its new home if nothing of the reply has left and no
+            // transaction is at stake; else the client has its 40001.
+            let whole = match work {
+                Work::Simple(_) => true,
+                Work::Batch(_, sync) => sync,
+            };
+            if !in_tx && whole && self.flushes == flushes && self.attached.is_none() {
+                self.wbuf.truncate(out_before as usize);
+                return Err(FrontendError::Moved {
+                    partition: partition.unwrap_or(0),
+                });
+            }
+            if let Some(catalog) = &self.shared.catalog {
+                catalog.refresh_soon(&self.shared);
+            }
+        }
         Ok(Outcome { error })
     }
 
@@ -209,7 +226,13 @@ impl Session {
                         b'C' => rows += tag_rows(command_tag(&f)),
                         b'E' => {
                             error = true;
-                            self.shared.metrics.error(&parse_error(&f).code, "server");
+                            let e = parse_error(&f);
+                            self.shared.metrics.error(&e.code, "server");
+                            if e.code == sqlstate::PARTITION_MOVED {
+                                self.moved = true;
+                                self.write(&moved_error(&e.message));
+                                continue;
+                            }
                         }
                         _ => {}
                     }
@@ -410,6 +433,18 @@ impl Session {
         }
         Ok(Outcome { error: failed })
     }
+}
+
+/// A node's fence error as the client sees it: a serialization failure,
+/// which drivers and ORMs retry.
+#[cold]
+fn moved_error(message: &str) -> Frame {
+    crate::protocol::messages::error_response(
+        "ERROR",
+        sqlstate::SERIALIZATION_FAILURE,
+        message,
+        Some("the row's partition moved to another node during this transaction; retry the transaction"),
+    )
 }
 
 /// `SELECT 3` from one node becomes `SELECT <sum>`; tags without a count stay.

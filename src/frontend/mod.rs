@@ -53,4 +53,6 @@ pub struct Shared {
     pub type_names: crate::merge::TypeNames,
     /// Multi-node writes commit with two-phase commit.
     pub two_phase: bool,
+    /// The cluster's shared state: routing epochs, migrations, heartbeats.
+    pub catalog: Option<crate::catalog::Catalog>,
 }

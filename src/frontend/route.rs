@@ -21,7 +21,6 @@ pub enum Dest {
     Node {
         node: NodeId,
         partition: Option<PartitionId>,
-        mirror: Option<NodeId>,
     },
     /// Every node: a read (merged or concatenated), DDL, or an
     /// UPDATE/DELETE without the shard key.
@@ -48,6 +47,10 @@ pub struct Policy {
     pub default_node: NodeId,
     /// `[routing] allow_multi_shard_writes`.
     pub multi_shard_writes: bool,
+    /// Outside a transaction, a write to a partition in cut-over waits
+    /// (`FrontendError::Moved`); inside one it goes to the old home,
+    /// whose fence decides.
+    pub hold_writes: bool,
 }
 
 /// Decides one statement. `values` are the statement text's literal keys
@@ -68,7 +71,6 @@ pub fn decide(
         Target::Unsharded => Dest::Node {
             node: default_node,
             partition: None,
-            mirror: None,
         },
         Target::AllShards {
             table: t,
@@ -77,6 +79,14 @@ pub fn decide(
             // Reads fan out; DDL (`Other`) runs on every node so the shards'
             // schemas stay alike; UPDATE/DELETE run on every node when
             // allowed; INSERT and COPY without their key are refused.
+            if table.moving()
+                && matches!(
+                    shape.command,
+                    Command::Select | Command::Update | Command::Delete
+                )
+            {
+                return Err(refuse_while_moving(shape.command, t, table));
+            }
             if dml {
                 if !policy.multi_shard_writes {
                     return Err(refuse_multi(shape.command, t));
@@ -109,7 +119,7 @@ pub fn decide(
             key_type,
             keys,
         } => {
-            let mut chosen: Option<(NodeId, PartitionId, Option<NodeId>)> = None;
+            let mut chosen: Option<(NodeId, PartitionId)> = None;
             let mut spread = false;
             for k in keys {
                 let value = resolve(k, values, bind, *key_type, t)?;
@@ -120,23 +130,12 @@ pub fn decide(
                     continue;
                 };
                 let p = table.lookup(h);
-                if write && p.state != PartitionState::Serving {
-                    // Dual-write execution and the cut-over fence land with
-                    // online migration; until then a write to a moving
-                    // partition is refused rather than sent to one node only.
-                    return Err(FrontendError::route(
-                        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-                        format!(
-                            "partition {} of \"{t}\" is being moved (state {:?}); writes to it are paused",
-                            p.id, p.state
-                        ),
-                        "retry the write once the move has finished".into(),
-                    ));
+                if write && policy.hold_writes && p.state == PartitionState::CuttingOver {
+                    return Err(FrontendError::Moved { partition: p.id });
                 }
-                let mirror = if write { p.write_nodes().nth(1) } else { None };
                 match chosen {
-                    None => chosen = Some((p.node, p.id, mirror)),
-                    Some((n, _, _)) if n == p.node => {}
+                    None => chosen = Some((p.node, p.id)),
+                    Some((n, _)) if n == p.node => {}
                     Some(_) => spread = true,
                 }
             }
@@ -144,13 +143,14 @@ pub fn decide(
                 (None, _) => Dest::Node {
                     node: default_node,
                     partition: None,
-                    mirror: None,
                 },
-                (Some((node, partition, mirror)), false) => Dest::Node {
+                (Some((node, partition)), false) => Dest::Node {
                     node,
                     partition: Some(partition),
-                    mirror,
                 },
+                (Some(_), true) if table.moving() && (!write || dml) => {
+                    return Err(refuse_while_moving(shape.command, t, table))
+                }
                 (Some(_), true) if !write => Dest::AllNodes,
                 (Some(_), true) if !policy.multi_shard_writes => {
                     return Err(refuse_multi(shape.command, t))
@@ -207,6 +207,25 @@ pub fn row_nodes(
     }
     let first = nodes.iter().flatten().next().copied().unwrap_or(0);
     Ok(nodes.into_iter().map(|n| n.unwrap_or(first)).collect())
+}
+
+/// A statement every node would answer while a partition's rows are on
+/// two nodes would see them twice: refused, not answered wrongly.
+#[cold]
+fn refuse_while_moving(command: Command, t: &str, table: &RoutingTable) -> FrontendError {
+    let moving: Vec<String> = table
+        .moves()
+        .map(|p| format!("{} ({})", p.id, p.state.as_str()))
+        .collect();
+    FrontendError::route(
+        sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "this {} on \"{t}\" needs every shard, and partition {} is moving between nodes, so its rows are on two nodes",
+            command_name(command),
+            moving.join(", ")
+        ),
+        "filter on the shard key, or retry once the move has finished (GET /api/migrations)".into(),
+    )
 }
 
 #[cold]
@@ -326,12 +345,13 @@ mod tests {
         let policy = Policy {
             default_node: 0,
             multi_shard_writes: true,
+            hold_writes: true,
         };
         decide(&shape(sql), &[], None, t, policy)
     }
 
-    /// Two partitions on two nodes; the one owning id 1 is being moved.
-    fn moving_table() -> RoutingTable {
+    /// Two partitions on two nodes; the one owning id 1 is in `state`.
+    fn moving_table(state: PartitionState) -> RoutingTable {
         let nodes = vec!["a".to_string(), "b".to_string()];
         let h = hash_key(&KeyValue::Int(1), KeyType::Bigint).unwrap();
         let mut ps = RoutingTable::even(1, 2, nodes.clone())
@@ -339,18 +359,24 @@ mod tests {
             .partitions()
             .to_vec();
         let p = ps.iter_mut().find(|p| p.lo <= h && h <= p.hi).unwrap();
-        p.state = PartitionState::DualWrite;
+        p.state = state;
         p.target = Some(1 - p.node);
         RoutingTable::new(2, ps, nodes).unwrap()
     }
 
     #[test]
-    fn writes_to_a_moving_partition_are_refused_not_single_homed() {
-        let t = moving_table();
+    fn writes_in_cut_over_are_held_and_keyless_reads_refused() {
+        let t = moving_table(PartitionState::CuttingOver);
         let e = decide_sql("UPDATE accounts SET v = 1 WHERE id = 1", &t).unwrap_err();
-        assert_eq!(e.sqlstate(), sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE);
+        assert!(matches!(e, FrontendError::Moved { .. }));
         // Reads still go to the owner.
         let d = decide_sql("SELECT * FROM accounts WHERE id = 1", &t).unwrap();
-        assert!(matches!(d.dest, Dest::Node { mirror: None, .. }));
+        assert!(matches!(d.dest, Dest::Node { .. }));
+        let e = decide_sql("SELECT count(*) FROM accounts", &t).unwrap_err();
+        assert_eq!(e.sqlstate(), sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE);
+        // While copying, writes go to the owner (its change log has them).
+        let t = moving_table(PartitionState::Copying);
+        let d = decide_sql("UPDATE accounts SET v = 1 WHERE id = 1", &t).unwrap();
+        assert!(matches!(d.dest, Dest::Node { .. }));
     }
 }

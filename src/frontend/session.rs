@@ -64,6 +64,12 @@ pub struct Session {
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
+    /// A node answered the last unit of work with the fence's
+    /// `PARTITION_MOVED` (rewritten to `40001` for the client).
+    pub(super) moved: bool,
+    /// Flushes to the client so far: a unit of work can be run again only
+    /// if nothing of its reply has left.
+    pub(super) flushes: u64,
 }
 
 /// Flush to the client once this much output is buffered.
@@ -98,6 +104,8 @@ impl Session {
             decoded: Default::default(),
             sbuf: BytesMut::with_capacity(1024),
             exchange: Default::default(),
+            moved: false,
+            flushes: 0,
             settings,
             cancel,
             source,
@@ -119,7 +127,20 @@ impl Session {
                 }
             };
             let r = match f.tag {
-                b'Q' => self.simple_query(f).await,
+                b'Q' => {
+                    let mut tries = 0;
+                    loop {
+                        let epoch = self.shared.routing.peek().epoch();
+                        match self.simple_query(f.clone()).await {
+                            Err(FrontendError::Moved { .. })
+                                if tries < 3 && self.await_move(epoch).await =>
+                            {
+                                tries += 1
+                            }
+                            r => break r,
+                        }
+                    }
+                }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
                     self.batch.push(f);
                     Ok(())
@@ -191,6 +212,7 @@ impl Session {
         super::route::Policy {
             default_node: self.shared.default_node,
             multi_shard_writes: self.shared.config.routing.allow_multi_shard_writes,
+            hold_writes: self.tx == Tx::None && self.attached.is_none() && self.joined.is_empty(),
         }
     }
 
@@ -228,6 +250,7 @@ impl Session {
         if !self.wbuf.is_empty() {
             self.wr.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            self.flushes += 1;
         }
         Ok(())
     }
@@ -258,6 +281,17 @@ impl Session {
             pid: c.pid,
             secret: c.secret,
         }));
+    }
+
+    /// A write met a partition in cut-over or a node's fence: waits (at most
+    /// `[migration] hold_timeout`) for a routing table newer than `epoch`,
+    /// asking the catalog for it; true if one came and the work may run again.
+    pub(super) async fn await_move(&self, epoch: u64) -> bool {
+        if let Some(catalog) = &self.shared.catalog {
+            catalog.refresh_soon(&self.shared);
+        }
+        let limit = std::time::Duration::from_secs(self.shared.config.migration.hold_timeout);
+        self.shared.routing.wait_newer(epoch, limit).await
     }
 
     /// Returns the attached connection to its pool once its transaction ended.

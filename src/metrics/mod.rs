@@ -24,6 +24,12 @@ pub struct Metrics {
     pub cross_shard: IntCounterVec,
     /// Two-phase commits by outcome.
     pub two_phase: IntCounterVec,
+    /// Migration steps entered (this proxy's), by state.
+    pub migration_steps: IntCounterVec,
+    pub migration_rows: prometheus::IntCounter,
+    pub migration_bytes: prometheus::IntCounter,
+    /// How long writes to a partition were held at its cut-over.
+    pub migration_pause: Histogram,
 }
 
 impl Metrics {
@@ -77,8 +83,40 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let migration_steps = IntCounterVec::new(
+            Opts::new(
+                "shardcast_migration_steps_total",
+                "Migration steps entered by migrations this proxy ran, by state (capturing ... done, aborted)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let migration_rows = prometheus::IntCounter::new(
+            "shardcast_migration_copied_rows_total",
+            "Rows copied by migrations this proxy ran",
+        )
+        .expect("valid metric");
+        let migration_bytes = prometheus::IntCounter::new(
+            "shardcast_migration_copied_bytes_total",
+            "Bytes copied by migrations this proxy ran",
+        )
+        .expect("valid metric");
+        let migration_pause = Histogram::with_opts(
+            HistogramOpts::new(
+                "shardcast_migration_cutover_pause_seconds",
+                "How long writes to a moving partition were held at its cut-over",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(lat) as Box<dyn prometheus::core::Collector>,
+            Box::new(migration_steps.clone()),
+            Box::new(migration_rows.clone()),
+            Box::new(migration_bytes.clone()),
+            Box::new(migration_pause.clone()),
             Box::new(cross_shard.clone()),
             Box::new(two_phase.clone()),
             Box::new(errors.clone()),
@@ -96,6 +134,10 @@ impl Metrics {
             routing_epoch,
             cross_shard,
             two_phase,
+            migration_steps,
+            migration_rows,
+            migration_bytes,
+            migration_pause,
         }
     }
 

@@ -29,3 +29,10 @@ pub const TRANSACTION_ROLLBACK: &str = "40000";
 pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
 pub const NOT_NULL_VIOLATION: &str = "23502";
+/// Drivers and ORMs retry a transaction that ends with this.
+pub const SERIALIZATION_FAILURE: &str = "40001";
+/// Raised by a node's fence trigger: this row's partition has moved to
+/// another node (class SC is shardcast's own). A proxy that meets it
+/// refreshes its routing table and retries, or fails the transaction with
+/// `SERIALIZATION_FAILURE`.
+pub const PARTITION_MOVED: &str = "SC001";

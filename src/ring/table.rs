@@ -13,17 +13,43 @@ pub type NodeId = usize;
 /// Stable identifier of a partition (survives moves; split creates new ids).
 pub type PartitionId = u32;
 
-/// Where a partition is in its life. Only `Serving` exists before migration
-/// lands; the others are the states a move walks through.
+/// Where a partition is in its life. A move walks `Serving` (on A) →
+/// `Copying` → `CuttingOver` → `Cleaning` (on B) → `Serving` (on B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PartitionState {
     /// Reads and writes go to `node`.
     Serving,
-    /// Being copied to `target`: writes go to both `node` and `target`.
-    DualWrite,
-    /// Writes are fenced for the cut-over; reads still go to `node`.
-    Fenced,
+    /// Being copied to `target`; reads and writes still go to `node`, whose
+    /// change log records every write for the catch-up.
+    Copying,
+    /// Writes are held in every proxy (and fenced on `node`) while the
+    /// last changes reach `target`; reads still go to `node`.
+    CuttingOver,
+    /// Moved: `node` serves it; `target` is the old home, whose rows are
+    /// being deleted (writes to them there are fenced).
+    Cleaning,
+}
+
+impl PartitionState {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "serving" => Self::Serving,
+            "copying" => Self::Copying,
+            "cutting_over" => Self::CuttingOver,
+            "cleaning" => Self::Cleaning,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Serving => "serving",
+            Self::Copying => "copying",
+            Self::CuttingOver => "cutting_over",
+            Self::Cleaning => "cleaning",
+        }
+    }
 }
 
 /// One contiguous, inclusive range `lo..=hi` of the signed 64-bit hash space.
@@ -34,18 +60,14 @@ pub struct Partition {
     pub hi: i64,
     pub node: NodeId,
     pub state: PartitionState,
-    /// The node a write is mirrored to while the partition moves.
+    /// The other node of a move in progress: where the partition goes
+    /// (copying, cutting over), or where it came from (cleaning).
     pub target: Option<NodeId>,
 }
 
 impl Partition {
-    /// Nodes a write to this partition must reach: the owner, plus the
-    /// migration target while dual-writing.
-    pub fn write_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        std::iter::once(self.node).chain(match self.state {
-            PartitionState::DualWrite => self.target,
-            _ => None,
-        })
+    pub fn contains(&self, hash: i64) -> bool {
+        self.lo <= hash && hash <= self.hi
     }
 }
 
@@ -80,6 +102,8 @@ pub struct RoutingTable {
     epoch: u64,
     partitions: Vec<Partition>,
     nodes: Vec<String>,
+    /// Some partition is not `Serving`: its rows may be on two nodes.
+    moving: bool,
 }
 
 impl RoutingTable {
@@ -130,10 +154,14 @@ impl RoutingTable {
                 expected = p.hi + 1;
             }
         }
+        let moving = partitions
+            .iter()
+            .any(|p| p.state != PartitionState::Serving);
         Ok(Self {
             epoch,
             partitions,
             nodes,
+            moving,
         })
     }
 
@@ -177,6 +205,20 @@ impl RoutingTable {
         &self.nodes
     }
 
+    /// A partition is being moved: some rows exist on two nodes, so a
+    /// statement without the shard key cannot be answered by every node.
+    #[inline]
+    pub fn moving(&self) -> bool {
+        self.moving
+    }
+
+    /// The moving partitions, for error messages.
+    pub fn moves(&self) -> impl Iterator<Item = &Partition> {
+        self.partitions
+            .iter()
+            .filter(|p| p.state != PartitionState::Serving)
+    }
+
     /// The partition whose range holds `hash`. Total: the ranges cover i64.
     #[inline]
     pub fn lookup(&self, hash: i64) -> &Partition {
@@ -193,12 +235,15 @@ impl RoutingTable {
 /// The live routing table, shared by every connection.
 pub struct Routing {
     current: ArcSwap<RoutingTable>,
+    /// Woken on every publish: writes held for a cut-over wait on it.
+    changed: tokio::sync::Notify,
 }
 
 impl Routing {
     pub fn new(table: RoutingTable) -> Self {
         Self {
             current: ArcSwap::from_pointee(table),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -221,7 +266,23 @@ impl Routing {
             return Err(cur.epoch);
         }
         self.current.store(Arc::new(table));
+        self.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Waits until a table newer than `epoch` is published, or `limit`
+    /// passes; true if one was.
+    pub async fn wait_newer(&self, epoch: u64, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.current.load().epoch > epoch {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.current.load().epoch > epoch;
+            }
+        }
     }
 }
 
@@ -287,19 +348,17 @@ mod tests {
     }
 
     #[test]
-    fn dual_write_reaches_both_nodes() {
+    fn a_moving_partition_marks_the_table() {
         let mut ps = RoutingTable::even(1, 2, nodes(2))
             .unwrap()
             .partitions()
             .to_vec();
-        ps[0].state = PartitionState::DualWrite;
+        assert!(!RoutingTable::new(2, ps.clone(), nodes(2)).unwrap().moving());
+        ps[0].state = PartitionState::Copying;
         ps[0].target = Some(1);
         let t = RoutingTable::new(2, ps, nodes(2)).unwrap();
-        assert_eq!(
-            t.partitions()[0].write_nodes().collect::<Vec<_>>(),
-            vec![0, 1]
-        );
-        assert_eq!(t.partitions()[1].write_nodes().collect::<Vec<_>>(), vec![1]);
+        assert!(t.moving());
+        assert_eq!(t.moves().map(|p| p.id).collect::<Vec<_>>(), vec![0]);
     }
 
     /// Many readers look up while a writer publishes tables whose every
