@@ -394,6 +394,9 @@ impl Move<'_> {
         )
         .await?;
         let p = self.m.partition;
+        // Connected before writes are held: the pause is the work alone.
+        let a = self.source().await?;
+        let mut b = self.target().await?;
         let held = Instant::now();
         self.change_epoch("cut-over: writes held", |ps| {
             let x = ps
@@ -404,10 +407,8 @@ impl Move<'_> {
             Ok(())
         })
         .await?;
-        self.fence(self.source).await?;
+        self.fence(&a, self.source).await?;
         super::fault("exit_in_cut_over");
-        let a = self.source().await?;
-        let mut b = self.target().await?;
         while self.recopy(&a, &mut b).await? > 0 {}
         let (lo, hi) = (self.m.lo, self.m.hi);
         let (da, db) = tokio::join!(
@@ -450,7 +451,8 @@ impl Move<'_> {
             let planned = RoutingTable::new(cur.epoch() + 1, ps.clone(), nodes.clone())
                 .map_err(|e| stop(e.to_string()))?;
             // B's fence must admit the partition before anyone routes there.
-            rebuild_fence(self.shared, target, &planned, &self.tables)
+            let name = &self.shared.pools[target].target.name;
+            rebuild_fence(&b, name, target, &planned, &self.tables)
                 .await
                 .map_err(stop)?;
             let next = epochs::change(
@@ -591,7 +593,7 @@ impl Move<'_> {
     }
 
     /// Rebuilds `node`'s fence from the latest table (under the epoch lock).
-    async fn fence(&mut self, node: NodeId) -> Result<(), Stop> {
+    async fn fence(&mut self, c: &Client, node: NodeId) -> Result<(), Stop> {
         let nodes = self.shared.routing.peek().nodes().to_vec();
         let tx = self
             .catalog
@@ -603,7 +605,8 @@ impl Move<'_> {
             .await
             .map_err(stop)?
             .ok_or_else(|| stop("catalog is empty"))?;
-        rebuild_fence(self.shared, node, &cur, &self.tables)
+        let name = &self.shared.pools[node].target.name;
+        rebuild_fence(c, name, node, &cur, &self.tables)
             .await
             .map_err(stop)?;
         tx.commit().await.map_err(|e| stop(e.to_string()))
@@ -724,42 +727,35 @@ impl Move<'_> {
     }
 }
 
-/// Rewrites `node`'s fence for every sharded table from `table`, in one
-/// transaction that first waits out running writes (SHARE ROW EXCLUSIVE).
+/// Rewrites `node`'s fence for every sharded table from `table`: one
+/// round trip, one transaction that first waits out running writes
+/// (SHARE ROW EXCLUSIVE), retried if a long transaction holds the lock.
 pub async fn rebuild_fence(
-    shared: &Shared,
+    c: &Client,
+    name: &str,
     node: NodeId,
     table: &RoutingTable,
     tables: &[Table<'_>],
 ) -> Result<(), String> {
-    let name = shared.pools[node].target.name.clone();
-    let mut c = node_client(shared, node, "fence on").await?;
-    c.batch_execute(triggers::NODE_SCHEMA)
-        .await
-        .map_err(|e| format!("node {name}: {e}"))?;
     let ranges = triggers::fenced_ranges(table, node);
+    let names: Vec<&str> = tables.iter().map(|t| t.name()).collect();
+    let mut sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '2s'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;\n",
+        names.join(", ")
+    );
+    for t in tables {
+        sql.push_str(&triggers::fence(t, name, &ranges));
+        sql.push('\n');
+    }
+    sql.push_str("COMMIT;");
     let mut last = String::new();
     for _ in 0..5 {
-        let attempt = async {
-            let tx = c.transaction().await?;
-            tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
-            for t in tables {
-                tx.batch_execute(&format!(
-                    "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
-                    t.name()
-                ))
-                .await?;
-            }
-            for t in tables {
-                tx.batch_execute(&triggers::fence(t, &name, &ranges))
-                    .await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        match attempt {
+        match c.batch_execute(&sql).await {
             Ok(()) => return Ok(()),
-            Err(e) => last = e.to_string(),
+            Err(e) => {
+                last = e.to_string();
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
         }
     }
     Err(format!("node {name}: fence not installed: {last}"))
@@ -778,9 +774,9 @@ async fn rebuild_fence_if_present(
         .await
         .map_err(|e| e.to_string())?
         .get(0);
-    drop(c);
     if present {
-        rebuild_fence(shared, node, table, tables).await
+        let name = &shared.pools[node].target.name;
+        rebuild_fence(&c, name, node, table, tables).await
     } else {
         Ok(())
     }
