@@ -332,3 +332,96 @@ async fn nothing_lost_or_doubled_while_partitions_move_split_and_merge() {
     assert_eq!(routing["epoch"], p2.routing()["epoch"]);
     check(&cluster, &routing, &ledger.lock().unwrap(), None);
 }
+
+/// Bad requests get a 4xx naming the problem and change nothing; a drain
+/// through the CLI (`shardcast drain --wait`) empties a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_get_clear_refusals_and_a_working_drain() {
+    let cluster = Cluster::start(3);
+    cluster.on_all(SCHEMA);
+    let proxy = builder().start(&cluster);
+    let _ledger = load(&proxy).await;
+    let before = proxy.routing();
+    let parts = before["partitions"].as_array().unwrap().clone();
+    let on = |p: &serde_json::Value| p["node"].as_str().unwrap().to_string();
+    let refused = |body: serde_json::Value, status: u16, words: &str| {
+        let (s, reply) = proxy.admin("POST", "/api/migrations", &body.to_string());
+        assert_eq!(s, status, "{body}: {reply}");
+        assert!(reply.contains(words), "{body}: {reply} lacks {words:?}");
+    };
+    refused(
+        serde_json::json!({"kind": "move", "partition": 999, "to": "n1"}),
+        404,
+        "no partition 999",
+    );
+    refused(
+        serde_json::json!({"kind": "move", "partition": 0, "to": "nx"}),
+        400,
+        "unknown node \\\"nx\\\"",
+    );
+    refused(
+        serde_json::json!({"kind": "move", "partition": 0, "to": on(&parts[0])}),
+        400,
+        "already on node",
+    );
+    refused(
+        serde_json::json!({"kind": "merge", "partitions": [0, 2]}),
+        400,
+        "not adjacent",
+    );
+    refused(
+        serde_json::json!({"kind": "merge", "partitions": [0, 1]}),
+        400,
+        "different nodes",
+    );
+    refused(serde_json::json!({"kind": "teleport"}), 400, "unknown kind");
+    let (s, _) = proxy.admin("POST", "/api/migrations", "{not json");
+    assert_eq!(s, 400);
+    assert_eq!(
+        proxy.routing()["epoch"],
+        before["epoch"],
+        "a refused request changed routing"
+    );
+
+    // Drain n2 with the CLI, as an operator would.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args([
+            "drain",
+            "--admin",
+            &format!("http://127.0.0.1:{}", proxy.admin_port),
+            "--node",
+            "n2",
+            "--wait",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("done"), "{text}");
+    let after = proxy.routing();
+    assert!(after["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["node"] != "n2"));
+    assert_eq!(
+        cluster.nodes[2].psql(&cluster.db, "SELECT count(*) FROM accounts"),
+        "0"
+    );
+    assert_eq!(cluster.sum("SELECT count(*) FROM accounts"), ACCOUNTS);
+    // `shardcast migrations` lists them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args([
+            "migrations",
+            "--admin",
+            &format!("http://127.0.0.1:{}", proxy.admin_port),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("move") && text.contains("done"), "{text}");
+}
