@@ -424,4 +424,16 @@ async fn operators_get_clear_refusals_and_a_working_drain() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("move") && text.contains("done"), "{text}");
+    // The status page and the metrics show them too.
+    let page = proxy.admin_get("/");
+    assert!(
+        page.contains("<h2>Migrations</h2>") && page.contains("n2 → "),
+        "{page}"
+    );
+    let metrics = proxy.admin_get("/metrics");
+    assert!(metrics.contains("shardcast_migration_cutover_pause_seconds_count"));
+    assert!(
+        metrics.contains("shardcast_migration_steps_total{state=\"cleaning_up\"}")
+            || metrics.contains("shardcast_migration_steps_total{state=\"cutting_over\"}")
+    );
 }

@@ -90,3 +90,14 @@ pub async fn handle(
         ),
     }
 }
+
+/// The latest migrations for the status page (empty if the catalog is down).
+pub async fn recent(shared: &Shared) -> Vec<journal::Migration> {
+    let Some(catalog) = shared.catalog.as_ref() else {
+        return Vec::new();
+    };
+    match catalog.connect().await {
+        Ok(c) => journal::list(&c, 20).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}

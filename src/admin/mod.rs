@@ -90,7 +90,7 @@ async fn handle(
         "/" | "/status" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            status_page::render(shared),
+            status_page::render(shared, &migrations::recent(shared).await),
         ),
         other => reply(
             StatusCode::NOT_FOUND,

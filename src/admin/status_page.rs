@@ -1,13 +1,15 @@
-//! A one-page HTML view: nodes and their pools, and each partition's range,
-//! owner and request count drawn as a bar, each partition's recent load as a
-//! sparkline beside its forecast; refreshed every few seconds.
+//! A one-page HTML view: nodes and their pools, migrations with their
+//! progress bars, each partition's range, owner and request count drawn as
+//! a bar, each partition's recent load as a sparkline beside its forecast;
+//! refreshed every few seconds.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use crate::catalog::journal::Migration;
 use crate::frontend::Shared;
 
-pub fn render(shared: &Shared) -> String {
+pub fn render(shared: &Shared, migrations: &[Migration]) -> String {
     let table = shared.routing.load();
     let counters: std::collections::HashMap<_, _> = shared.recorder.totals().into_iter().collect();
     let mut html = String::from(
@@ -37,7 +39,9 @@ pub fn render(shared: &Shared) -> String {
             s.connect_errors.load(Ordering::Relaxed)
         );
     }
-    html.push_str("</table><h2>Partitions</h2><p>green: reads, orange: writes (since start)</p>");
+    html.push_str("</table>");
+    migrations_table(migrations, &mut html);
+    html.push_str("<h2>Partitions</h2><p>green: reads, orange: writes (since start)</p>");
     let load = |id: u32| {
         counters
             .get(&id)
@@ -57,14 +61,17 @@ pub fn render(shared: &Shared) -> String {
         let (r, w) = load(p.id);
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{r}</td><td>{w}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{r}</td><td>{w}</td>\
              <td style='text-align:left'><div style='display:flex'><div class=bar style='width:{}px'></div>\
              <div class='bar w' style='width:{}px'></div></div></td></tr>",
             p.id,
             p.lo,
             p.hi,
             esc(&table.nodes()[p.node]),
-            p.state,
+            match p.target {
+                Some(t) => format!("{} ({})", p.state.as_str(), esc(&table.nodes()[t])),
+                None => p.state.as_str().to_string(),
+            },
             r * 300 / max,
             w * 300 / max
         );
@@ -73,6 +80,52 @@ pub fn render(shared: &Shared) -> String {
     forecast_table(shared, &mut html);
     html.push_str("</body></html>");
     html
+}
+
+/// The latest migrations: running ones with a progress bar (rows copied
+/// of the partition's rows), rate and ETA; finished ones with their pause
+/// or the reason they aborted.
+fn migrations_table(list: &[Migration], html: &mut String) {
+    html.push_str("<h2>Migrations</h2>");
+    if list.is_empty() {
+        html.push_str("<p>none yet (POST /api/migrations, or <code>shardcast migrate</code>)</p>");
+        return;
+    }
+    html.push_str(
+        "<table><tr><th>id</th><th>kind</th><th>partition</th><th>from → to</th><th>state</th>\
+         <th style='width:200px'>copied</th><th>rows</th><th>MB</th><th>MB/s</th><th>ETA s</th>\
+         <th>pause ms</th><th style='text-align:left'>reason</th></tr>",
+    );
+    for m in list.iter().take(20) {
+        let done = if m.rows_total > 0 {
+            (m.rows_copied as f64 / m.rows_total as f64).min(1.0)
+        } else if m.state == "done" {
+            1.0
+        } else {
+            0.0
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} → {}</td><td>{}</td>\
+             <td style='text-align:left'><div class=bar style='width:{}px'></div></td><td>{}/{}</td>\
+             <td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td style='text-align:left'>{}</td></tr>",
+            m.id,
+            esc(&m.kind),
+            m.partition,
+            esc(&m.source),
+            esc(&m.target),
+            esc(&m.state),
+            (done * 200.0) as u32,
+            m.rows_copied,
+            m.rows_total,
+            m.bytes_copied as f64 / 1e6,
+            m.rate / 1e6,
+            m.eta_secs.map(|e| format!("{e:.0}")).unwrap_or_default(),
+            m.pause_ms.map(|p| format!("{p:.0}")).unwrap_or_default(),
+            esc(m.reason.as_deref().unwrap_or(""))
+        );
+    }
+    html.push_str("</table>");
 }
 
 /// Each partition's last 30 minutes (10 s buckets) as a sparkline, and its
