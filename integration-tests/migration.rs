@@ -413,6 +413,15 @@ async fn operators_get_clear_refusals_and_a_working_drain() {
         "0"
     );
     assert_eq!(cluster.sum("SELECT count(*) FROM accounts"), ACCOUNTS);
+    // Each move was validated after its cut-over by a read through the proxy.
+    let catalog = |sql: &str| cluster.nodes[0].psql(&cluster.db, sql);
+    let moves = catalog("SELECT count(*) FROM shardcast.migrations WHERE kind = 'move'");
+    assert_eq!(
+        catalog("SELECT count(*) FROM shardcast.journal WHERE step = 'validated'"),
+        moves,
+        "{}",
+        catalog("SELECT migration, step, detail FROM shardcast.journal ORDER BY seq")
+    );
     // `shardcast migrations` lists them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
         .args([

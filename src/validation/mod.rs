@@ -99,3 +99,56 @@ mod tests {
         );
     }
 }
+
+/// After the cut-over: a key of the partition read through the proxy
+/// itself (routed by the new table) must return the rows its new home
+/// holds for it. `expected` comes from the new home, read just before.
+pub async fn read_through(
+    shared: &crate::frontend::Shared,
+    table: &Table<'_>,
+    key: &str,
+    expected: i64,
+) -> Result<(), String> {
+    let cfg = &shared.config;
+    let listen = cfg.proxy.listen.replace("0.0.0.0", "127.0.0.1");
+    let (host, port) = listen
+        .rsplit_once(':')
+        .ok_or_else(|| format!("[proxy] listen {listen} has no port"))?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(host.trim_matches(|c| c == '[' || c == ']'))
+        .port(
+            port.parse()
+                .map_err(|_| format!("[proxy] listen {listen}: bad port"))?,
+        )
+        .dbname(&cfg.proxy.database)
+        .application_name("shardcast-validation");
+    match cfg.auth.users.first() {
+        Some(u) => pg.user(&u.name).password(&u.password),
+        None => pg.user("postgres"),
+    };
+    let (c, conn) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting through the proxy: {e}"))?;
+    tokio::spawn(conn);
+    // A literal key, so the proxy routes it like any client's statement.
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {} = '{}'",
+        table.name(),
+        table.key(),
+        key.replace('\'', "''")
+    );
+    let got: i64 = c
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| format!("read through the proxy: {e}"))?
+        .get(0);
+    if got != expected {
+        return Err(format!(
+            "read through the proxy: {} with {} = {key} has {got} rows, its new home {expected}",
+            table.name(),
+            table.key()
+        ));
+    }
+    Ok(())
+}
