@@ -67,39 +67,6 @@ pub fn compare(
     Ok(rows)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{KeyType, TableConfig};
-
-    #[test]
-    fn a_difference_names_the_table_and_both_counts() {
-        let cfg = TableConfig {
-            name: "accounts".into(),
-            shard_key: "id".into(),
-            key_type: KeyType::Bigint,
-        };
-        let tables = [Table {
-            index: 0,
-            config: &cfg,
-        }];
-        let a = [Digest {
-            rows: 3,
-            checksum: 7,
-        }];
-        let b = [Digest {
-            rows: 2,
-            checksum: 7,
-        }];
-        assert_eq!(compare(&tables, &a, &a, "a", "b"), Ok(3));
-        let e = compare(&tables, &a, &b, "a", "b").unwrap_err();
-        assert!(
-            e.contains("accounts") && e.contains("3 rows") && e.contains("2 rows"),
-            "{e}"
-        );
-    }
-}
-
 /// After the cut-over: a key of the partition read through the proxy
 /// itself (routed by the new table) must return the rows its new home
 /// holds for it. `expected` comes from the new home, read just before.
@@ -151,4 +118,37 @@ pub async fn read_through(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KeyType, TableConfig};
+
+    #[test]
+    fn a_difference_names_the_table_and_both_counts() {
+        let cfg = TableConfig {
+            name: "accounts".into(),
+            shard_key: "id".into(),
+            key_type: KeyType::Bigint,
+        };
+        let tables = [Table {
+            index: 0,
+            config: &cfg,
+        }];
+        let a = [Digest {
+            rows: 3,
+            checksum: 7,
+        }];
+        let b = [Digest {
+            rows: 2,
+            checksum: 7,
+        }];
+        assert_eq!(compare(&tables, &a, &a, "a", "b"), Ok(3));
+        let e = compare(&tables, &a, &b, "a", "b").unwrap_err();
+        assert!(
+            e.contains("accounts") && e.contains("3 rows") && e.contains("2 rows"),
+            "{e}"
+        );
+    }
 }
