@@ -446,3 +446,28 @@ async fn operators_get_clear_refusals_and_a_working_drain() {
             || metrics.contains("shardcast_migration_steps_total{state=\"cutting_over\"}")
     );
 }
+
+/// A node listed in the config but created after the tables gets their
+/// schema (keys, hash index) from the source before its first partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_gets_the_schema_before_its_first_partition() {
+    let cluster = Cluster::start(3);
+    cluster.nodes[0].psql(&cluster.db, SCHEMA);
+    cluster.nodes[1].psql(&cluster.db, SCHEMA);
+    let proxy = builder().partitions(2).start(&cluster);
+    let _ledger = load(&proxy).await;
+    let id = proxy.migrate(serde_json::json!({"kind": "move", "partition": 0, "to": "n2"}));
+    let m = proxy.wait_migration(id, Duration::from_secs(60));
+    assert_eq!(m["state"], "done", "{m}");
+    let n2 = |sql: &str| cluster.nodes[2].psql(&cluster.db, sql);
+    assert_eq!(
+        n2("SELECT count(*) FROM pg_indexes WHERE tablename = 'accounts'"),
+        "2"
+    );
+    assert_eq!(
+        n2("SELECT count(*) FROM pg_indexes WHERE tablename = 'events'"),
+        "2"
+    );
+    assert!(n2("SELECT count(*) FROM accounts").parse::<i64>().unwrap() > 0);
+    assert_eq!(cluster.sum("SELECT count(*) FROM accounts"), ACCOUNTS);
+}

@@ -9,6 +9,7 @@
 pub mod copy;
 pub mod mover;
 pub mod reshape;
+pub mod schema;
 pub mod triggers;
 
 use std::sync::Arc;

@@ -149,6 +149,17 @@ impl Move<'_> {
             c.batch_execute(triggers::NODE_SCHEMA)
                 .await
                 .map_err(self.err_at(node))?;
+            if node == self.target {
+                let source = &self.shared.pools[self.source].target;
+                let created = super::schema::ensure_tables(&self.tables, source, &c)
+                    .await
+                    .map_err(|e| stop(format!("target node {}: {e}", self.name(node))))?;
+                if !created.is_empty() {
+                    let detail = format!("created {} from the source's schema", created.join(", "));
+                    info!(migration = self.id(), %detail, "target had no tables");
+                    let _ = journal::line(&*self.catalog, self.id(), "schema", &detail).await;
+                }
+            }
         }
         let mut a = self.source().await?;
         let tx = a.transaction().await.map_err(self.err_at(self.source))?;
