@@ -71,6 +71,18 @@ impl Session {
             ));
         };
         if *to {
+            let table = self.shared.routing.load();
+            if table.moving() {
+                let name = match source {
+                    CopySource::Table { table_name, .. } => table_name.to_string(),
+                    CopySource::Query(_) => "(query)".to_string(),
+                };
+                return Err(super::route::refuse_while_moving(
+                    crate::router::Command::Copy,
+                    &name,
+                    &table,
+                ));
+            }
             if *target != CopyTarget::Stdout {
                 return Err(refused(
                     "COPY … TO a server file or program on a sharded table".into(),

@@ -48,7 +48,25 @@ impl Session {
                 None => return self.fanout(work, started).await,
             },
         };
+        // While a partition moves its rows are on two nodes: every node
+        // answers for the ranges it owns only, through the engine.
+        let table = self.shared.routing.load();
+        let hidden: Option<Vec<Vec<(i64, i64)>>> = table.moving().then(|| {
+            (0..self.shared.pools.len())
+                .map(|n| merge::hide::hidden_ranges(&table, n))
+                .collect()
+        });
         let plan = match merge::plan(sql, &self.shared.merge_catalog) {
+            Ok(Fanout::Concat) if hidden.is_some() => match merge::row_wise(sql) {
+                Some(p) => Fanout::Merge(p),
+                None => {
+                    return Err(super::route::refuse_while_moving(
+                        crate::router::Command::Select,
+                        "(every node)",
+                        &table,
+                    ))
+                }
+            },
             Ok(Fanout::Concat) => {
                 self.shared.metrics.cross_shard("concat");
                 return self.fanout(work, started).await;
@@ -71,7 +89,9 @@ impl Session {
         }
         let mut conns = self.every_node().await?;
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
-        let result = self.merge_on(&mut conns, &plan, work).await;
+        let shared = self.shared.clone();
+        let hidden = hidden.as_deref().map(|h| (&shared.merge_catalog, h));
+        let result = self.merge_on(&mut conns, &plan, work, hidden).await;
         self.set_cancel(&[]);
         self.end_fanout(
             conns,
@@ -86,6 +106,7 @@ impl Session {
         conns: &mut [Checkout],
         plan: &Fanout,
         work: Work<'_>,
+        hidden: Option<(&merge::Catalog, &[Vec<(i64, i64)>])>,
     ) -> Result<Outcome, FrontendError> {
         // The client's session settings on every connection first.
         for c in conns.iter_mut() {
@@ -95,14 +116,9 @@ impl Session {
         match work {
             Work::Simple(f) => {
                 let sql = parse_query(f)?;
-                let r = run_job(
-                    plan,
-                    &Request::simple(sql),
-                    conns,
-                    &self.shared.type_names,
-                    max,
-                )
-                .await;
+                let mut req = Request::simple(sql);
+                req.hidden = hidden;
+                let r = run_job(plan, &req, conns, &self.shared.type_names, max).await;
                 match r {
                     Ok(m) => {
                         self.write(&m.description);
@@ -116,7 +132,7 @@ impl Session {
                     }),
                 }
             }
-            Work::Batch(msgs, _) => self.merge_batch(conns, plan, msgs, max).await,
+            Work::Batch(msgs, _) => self.merge_batch(conns, plan, msgs, max, hidden).await,
         }
     }
 
@@ -155,6 +171,7 @@ impl Session {
         plan: &Fanout,
         msgs: &[Msg],
         max: usize,
+        hidden: Option<(&merge::Catalog, &[Vec<(i64, i64)>])>,
     ) -> Result<Outcome, FrontendError> {
         let Some((sql, bind)) = executed_statement(msgs) else {
             return Err(refused(
@@ -175,6 +192,7 @@ impl Session {
             param_types: parse.param_types,
             params: b.params_section(),
             result_formats: &formats,
+            hidden,
         };
         let r = run_job(plan, &req, conns, &self.shared.type_names, max).await;
         let (merged, failure) = match r {

@@ -79,12 +79,7 @@ pub fn decide(
             // Reads fan out; DDL (`Other`) runs on every node so the shards'
             // schemas stay alike; UPDATE/DELETE run on every node when
             // allowed; INSERT and COPY without their key are refused.
-            if table.moving()
-                && matches!(
-                    shape.command,
-                    Command::Select | Command::Update | Command::Delete
-                )
-            {
+            if table.moving() && dml {
                 return Err(refuse_while_moving(shape.command, t, table));
             }
             if dml {
@@ -148,7 +143,7 @@ pub fn decide(
                     node,
                     partition: Some(partition),
                 },
-                (Some(_), true) if table.moving() && (!write || dml) => {
+                (Some(_), true) if table.moving() && dml => {
                     return Err(refuse_while_moving(shape.command, t, table))
                 }
                 (Some(_), true) if !write => Dest::AllNodes,
@@ -212,7 +207,11 @@ pub fn row_nodes(
 /// A statement every node would answer while a partition's rows are on
 /// two nodes would see them twice: refused, not answered wrongly.
 #[cold]
-fn refuse_while_moving(command: Command, t: &str, table: &RoutingTable) -> FrontendError {
+pub(super) fn refuse_while_moving(
+    command: Command,
+    t: &str,
+    table: &RoutingTable,
+) -> FrontendError {
     let moving: Vec<String> = table
         .moves()
         .map(|p| format!("{} ({})", p.id, p.state.as_str()))
@@ -365,15 +364,18 @@ mod tests {
     }
 
     #[test]
-    fn writes_in_cut_over_are_held_and_keyless_reads_refused() {
+    fn writes_in_cut_over_are_held_and_keyless_writes_refused() {
         let t = moving_table(PartitionState::CuttingOver);
         let e = decide_sql("UPDATE accounts SET v = 1 WHERE id = 1", &t).unwrap_err();
         assert!(matches!(e, FrontendError::Moved { .. }));
         // Reads still go to the owner.
         let d = decide_sql("SELECT * FROM accounts WHERE id = 1", &t).unwrap();
         assert!(matches!(d.dest, Dest::Node { .. }));
-        let e = decide_sql("SELECT count(*) FROM accounts", &t).unwrap_err();
+        let e = decide_sql("DELETE FROM accounts WHERE v = 1", &t).unwrap_err();
         assert_eq!(e.sqlstate(), sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE);
+        // A keyless read runs on every node (each answers for what it owns).
+        let d = decide_sql("SELECT count(*) FROM accounts", &t).unwrap();
+        assert_eq!(d.dest, Dest::AllNodes);
         // While copying, writes go to the owner (its change log has them).
         let t = moving_table(PartitionState::Copying);
         let d = decide_sql("UPDATE accounts SET v = 1 WHERE id = 1", &t).unwrap();

@@ -11,11 +11,12 @@
 
 mod aggregate;
 mod from;
+pub mod hide;
 pub mod plan;
 pub mod render;
 pub mod run;
 pub mod split;
 
-pub use plan::{plan, Catalog, Fanout, Nested, Plan, Refusal};
+pub use plan::{plan, row_wise, Catalog, Fanout, Nested, Plan, Refusal};
 pub use render::TypeNames;
 pub use run::{run, run_nested, MergeError, Merged, Request};

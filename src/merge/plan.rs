@@ -202,6 +202,28 @@ pub fn plan(sql: &str, catalog: &Catalog) -> Result<Fanout, Refusal> {
     Planner { catalog }.query(q)
 }
 
+/// A query every node answers row-wise (a `Concat` read), run through the
+/// engine instead: the partial query is the statement itself and the final
+/// one returns the gathered rows as they are. Used while a partition
+/// moves, so that each node's share can be filtered (`hide`). None for
+/// anything but one query.
+pub fn row_wise(sql: &str) -> Option<Plan> {
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let [Statement::Query(_)] = stmts.as_slice() else {
+        return None;
+    };
+    Some(Plan {
+        partial: sql.to_string(),
+        hidden: 0,
+        final_query: vec![
+            Piece::Text("SELECT ".into()),
+            Piece::ClientColumns,
+            Piece::Text(" FROM ".into()),
+            Piece::Values,
+        ],
+    })
+}
+
 pub(super) struct Planner<'a> {
     pub(super) catalog: &'a Catalog,
 }

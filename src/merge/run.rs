@@ -25,6 +25,9 @@ pub struct Request<'a> {
     pub params: &'a [u8],
     /// Result formats the client asked for (empty: text).
     pub result_formats: &'a [i16],
+    /// While a partition moves: per node (by index), the hash ranges whose
+    /// rows it holds but must leave out, and the tables they apply to.
+    pub hidden: Option<(&'a super::Catalog, &'a [Vec<(i64, i64)>])>,
 }
 
 impl Request<'_> {
@@ -35,6 +38,7 @@ impl Request<'_> {
             param_types: &[0, 0],
             params: NO_PARAMS,
             result_formats: &[],
+            hidden: None,
         }
     }
 }
@@ -146,23 +150,33 @@ async fn describe(
 
 /// Runs a plan: the partial query on every node, the final one on the
 /// first; returns the final rows in `result_formats`.
+#[allow(clippy::too_many_arguments)]
 async fn execute_plan(
     plan: &Plan,
     d: &Described,
     params: &[u8],
     result_formats: &[i16],
+    hidden: Option<(&super::Catalog, &[Vec<(i64, i64)>])>,
     conns: &mut [Checkout],
     types: &TypeNames,
     max_rows: usize,
 ) -> Result<Vec<Frame>, MergeError> {
-    // The partial query on every node, in parallel (all sent, then read).
-    let mut out = BytesMut::new();
-    out.extend_from_slice(&encode_parse("", &plan.partial, &d.ptypes).bytes);
-    out.extend_from_slice(&encode_bind(params, &[0]).bytes);
-    out.extend_from_slice(&encode_target(b'D', b'P', "").bytes);
-    out.extend_from_slice(&encode_execute().bytes);
-    out.extend_from_slice(&encode_sync().bytes);
-    for c in conns.iter_mut() {
+    // The partial query on every node, in parallel (all sent, then read);
+    // while a partition moves, each node leaves out what it does not own.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let partial = match hidden {
+            Some((catalog, ranges)) => {
+                let r = ranges.get(i).map(Vec::as_slice).unwrap_or_default();
+                std::borrow::Cow::Owned(super::hide::hide(&plan.partial, catalog, r)?)
+            }
+            None => std::borrow::Cow::Borrowed(plan.partial.as_str()),
+        };
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&encode_parse("", &partial, &d.ptypes).bytes);
+        out.extend_from_slice(&encode_bind(params, &[0]).bytes);
+        out.extend_from_slice(&encode_target(b'D', b'P', "").bytes);
+        out.extend_from_slice(&encode_execute().bytes);
+        out.extend_from_slice(&encode_sync().bytes);
         c.write_all(&out).await?;
     }
     let mut rows: Vec<Frame> = Vec::new();
@@ -267,6 +281,7 @@ pub async fn run(
         &d,
         req.params,
         req.result_formats,
+        req.hidden,
         conns,
         types,
         max_rows,
@@ -298,6 +313,7 @@ pub async fn run_nested(
         &inner,
         req.params,
         &[0],
+        req.hidden,
         conns,
         types,
         max_rows,
