@@ -106,7 +106,7 @@ impl Session {
         conns: &mut [Checkout],
         plan: &Fanout,
         work: Work<'_>,
-        hidden: Option<(&merge::Catalog, &[Vec<(i64, i64)>])>,
+        hidden: merge::hide::Hidden<'_>,
     ) -> Result<Outcome, FrontendError> {
         // The client's session settings on every connection first.
         for c in conns.iter_mut() {
@@ -171,7 +171,7 @@ impl Session {
         plan: &Fanout,
         msgs: &[Msg],
         max: usize,
-        hidden: Option<(&merge::Catalog, &[Vec<(i64, i64)>])>,
+        hidden: merge::hide::Hidden<'_>,
     ) -> Result<Outcome, FrontendError> {
         let Some((sql, bind)) = executed_statement(msgs) else {
             return Err(refused(

@@ -15,6 +15,10 @@ use sqlparser::parser::Parser;
 use super::plan::{Catalog, Refusal};
 use crate::ring::{NodeId, PartitionState, RoutingTable};
 
+/// Per node (by index), the ranges it must leave out, and the tables they
+/// apply to; None while nothing moves.
+pub type Hidden<'a> = Option<(&'a Catalog, &'a [Vec<(i64, i64)>])>;
+
 /// The ranges `node` holds rows for but must not answer for: partitions
 /// moving to it (not yet cut over) and partitions that left it (not yet
 /// cleaned up).

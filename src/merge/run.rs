@@ -27,7 +27,7 @@ pub struct Request<'a> {
     pub result_formats: &'a [i16],
     /// While a partition moves: per node (by index), the hash ranges whose
     /// rows it holds but must leave out, and the tables they apply to.
-    pub hidden: Option<(&'a super::Catalog, &'a [Vec<(i64, i64)>])>,
+    pub hidden: super::hide::Hidden<'a>,
 }
 
 impl Request<'_> {
@@ -156,7 +156,7 @@ async fn execute_plan(
     d: &Described,
     params: &[u8],
     result_formats: &[i16],
-    hidden: Option<(&super::Catalog, &[Vec<(i64, i64)>])>,
+    hidden: super::hide::Hidden<'_>,
     conns: &mut [Checkout],
     types: &TypeNames,
     max_rows: usize,
