@@ -93,8 +93,9 @@ async fn a_killed_migrator_is_rolled_back_from_the_journal() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_target_aborts_the_move_and_names_it() {
+/// Stops the source or the target node during a slow copy: the move
+/// aborts, names the node, and routing stays as it was.
+async fn a_dead_node_aborts_the_move(role: &str) {
     let cluster = Cluster::start(3);
     cluster.on_all(SCHEMA);
     let proxy = Arc::new(builder_rate("20kB").start(&cluster));
@@ -110,9 +111,15 @@ async fn a_dead_target_aborts_the_move_and_names_it() {
             ))
         })
         .collect();
-    let (partition, to) = pick(&proxy.routing());
+    let routing = proxy.routing();
+    let (partition, to) = pick(&routing);
+    let from = partition_of(&routing, hash_int8(1))["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let id = proxy.migrate(serde_json::json!({"kind": "move", "partition": partition, "to": to}));
-    let dead: usize = to[1..].parse().unwrap();
+    let victim = if role == "target" { &to } else { &from };
+    let dead: usize = victim[1..].parse().unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.nodes[dead].stop();
     let p = proxy.clone();
@@ -121,10 +128,13 @@ async fn a_dead_target_aborts_the_move_and_names_it() {
         .unwrap();
     assert_eq!(m["state"], "aborted", "{m}");
     let reason = m["reason"].as_str().unwrap();
-    assert!(reason.contains(&format!("target node {to}")), "{reason}");
+    assert!(
+        reason.contains(&format!("{role} node {victim}")),
+        "{reason}"
+    );
     let part = partition_of(&proxy.routing(), hash_int8(1)).clone();
     assert_eq!(part["state"], "serving");
-    assert_ne!(part["node"].as_str().unwrap(), to);
+    assert_eq!(part["node"].as_str().unwrap(), from);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -135,6 +145,16 @@ async fn a_dead_target_aborts_the_move_and_names_it() {
         &ledger.lock().unwrap(),
         Some(dead),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_target_aborts_the_move_and_names_it() {
+    a_dead_node_aborts_the_move("target").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_source_aborts_the_move_and_names_it() {
+    a_dead_node_aborts_the_move("source").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

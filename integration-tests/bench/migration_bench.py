@@ -204,6 +204,27 @@ size = 20
                 out[st.group(1)] = parse_ts(line.split()[0])
         return out
 
+    def timeline(self):
+        """[(unix time, migration, step)] of every migration's steps, with
+        "cut over" as `cut_over_committed` and "migration done" as `done`."""
+        out = []
+        with open(self.log_path, errors="replace") as f:
+            for line in f:
+                line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                m = re.search(r"\bmigration=(\d+)", line)
+                if not m:
+                    continue
+                if "migration step" in line:
+                    step = re.search(r'step="?([a-z_]+)', line).group(1)
+                elif " cut over " in line:
+                    step = "cut_over_committed"
+                elif "migration done" in line:
+                    step = "done"
+                else:
+                    continue
+                out.append((parse_ts(line.split()[0]), int(m.group(1)), step))
+        return sorted(out)
+
     def log_problems(self):
         """WARN/ERROR lines of the proxy's log."""
         with open(self.log_path, errors="replace") as f:
@@ -275,17 +296,34 @@ class Load:
         self.thread.join()
 
     def transactions(self):
-        """[(end unix time, latency ms)] of every logged transaction."""
+        """[(scheduled start unix time, latency ms)] of every logged transaction.
+        Under --rate, pgbench's latency runs from the scheduled start (it
+        includes the schedule lag), so start = end - latency."""
         txs = []
         for fn in glob.glob(f"{self.d}/run*"):
             with open(fn) as f:
                 for line in f:
                     parts = line.split()
                     if len(parts) >= 6 and parts[2].isdigit():
-                        txs.append((int(parts[4]) + int(parts[5]) / 1e6, int(parts[2]) / 1000.0))
-                    elif len(parts) >= 3:
-                        self.failed_logged = getattr(self, "failed_logged", 0) + 1
+                        lat = int(parts[2]) / 1e6
+                        txs.append((int(parts[4]) + int(parts[5]) / 1e6 - lat, lat * 1000.0))
         return txs
+
+
+def where(timeline, t):
+    """What the migrator was doing at time t: "migration M <step>" or "no migration"."""
+    last = None
+    for ts, mid, step in timeline:
+        if ts > t:
+            break
+        last = (mid, step)
+    if last is None or last[1] == "done":
+        return "no migration running"
+    return f"migration {last[0]} {last[1]}"
+
+
+def slowest(txs, timeline, n=3):
+    return "; ".join(f"{lat:.1f} ms ({where(timeline, t)})" for t, lat in sorted(txs, key=lambda x: -x[1])[:n])
 
 
 def pct(xs, q):
@@ -412,9 +450,12 @@ def main():
     time.sleep(0.5)
     load3.stop()
     txs = load3.transactions()
-    lat_before = [lat for end, lat in txs if before[0] <= end <= before[1]]
-    lat_copy = [lat for end, lat in txs if any(a <= end <= b for a, b in windows)]
-    lat_moving = [lat for end, lat in txs if any(a <= end <= b for a, b in whole)]
+    tx_before = [(t, lat) for t, lat in txs if before[0] <= t <= before[1]]
+    tx_copy = [(t, lat) for t, lat in txs if any(a <= t <= b for a, b in windows)]
+    tx_moving = [(t, lat) for t, lat in txs if any(a <= t <= b for a, b in whole)]
+    lat_before = [lat for _, lat in tx_before]
+    lat_copy = [lat for _, lat in tx_copy]
+    lat_moving = [lat for _, lat in tx_moving]
     copy_window = sum(b - a for a, b in windows)
 
     # --- (1) pause at cut-over under write load ---------------------------------
@@ -436,15 +477,16 @@ def main():
     time.sleep(0.5)
     load1.stop()
     txs1 = load1.transactions()
-    lat1 = [lat for end, lat in txs1 if t1 <= end <= t1_end]
+    tx1 = [(t, lat) for t, lat in txs1 if t1 <= t <= t1_end]
+    lat1 = [lat for _, lat in tx1]
     # What the validation step of the cut-over costs on its own (it runs while writes are held).
     p = proxy.partition(parts[1]["id"])
     digest = (f"SELECT count(*), coalesce(bit_xor(hashtextextended(r::text, 0)), 0) FROM t AS r "
               f"WHERE hashint8extended(r.id, 0) BETWEEN {p['lo']} AND {p['hi']}")
-    psql(proxy.ports[p["node"]], digest)
-    t = time.perf_counter()
-    psql(proxy.ports[p["node"]], digest)
-    digest_ms = (time.perf_counter() - t) * 1000
+    out = pc.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(proxy.ports[p["node"]]), "-U", "postgres", "-d", "bench",
+                  "-c", "\\timing on", "-c", digest, "-c", digest]).stdout
+    digest_ms = min(float(x) for x in re.findall(r"Time: ([\d.]+) ms", out))
+    timeline = proxy.timeline()
 
     # Rows must still all be there, each once, on its owner.
     final = proxy.routing()["partitions"]
@@ -469,7 +511,10 @@ def main():
               f"max={mx:.1f}  -> {verdict(mx <= PAUSE_TARGET_MS)} (target max <= {PAUSE_TARGET_MS:.0f} ms)")
     print(f"    client write latency during the moves: p50={pct(lat1, 0.5):.2f} ms p99={pct(lat1, 0.99):.2f} ms "
           f"max={max(lat1) if lat1 else float('nan'):.1f} ms; failed writes {load1.failed}")
-    print(f"    validation checksum of one partition (part of the pause), alone: {digest_ms:.0f} ms")
+    print(f"    slowest writes (latency from the scheduled start, and what the migrator was doing then): "
+          f"{slowest(tx1, timeline)}")
+    print(f"    validation checksum of one partition (~{ROWS // len(parts):,} rows; runs on both nodes while writes "
+          f"are held), alone on an idle node: {digest_ms:.0f} ms")
     print()
     print(f"(2) copy throughput, partition {p2}, median of {ROUNDS} alternating rounds (pipe, move, ...)")
     if move_t:
@@ -490,6 +535,8 @@ def main():
               f"p50={pct(lat_copy, 0.5):.2f} ms p99={c99:.2f} ms")
         print(f"    during the whole moves (capturing -> done): {len(lat_moving):,} tx, p99={pct(lat_moving, 0.99):.2f} ms, "
               f"max={max(lat_moving):.1f} ms")
+        print(f"    slowest before: {slowest(tx_before, timeline)}")
+        print(f"    slowest during the moves: {slowest(tx_moving, timeline)}")
         print(f"    ratio p99 during/before = {c99 / b99:.2f}x  -> {verdict(c99 / b99 <= LATENCY_TARGET)} "
               f"(target <= {LATENCY_TARGET}x); failed transactions {load3.failed}")
     print()

@@ -162,6 +162,7 @@ impl Move<'_> {
             }
         }
         let mut a = self.source().await?;
+        self.drop_stale_change_logs(&a).await?;
         let tx = a.transaction().await.map_err(self.err_at(self.source))?;
         tx.batch_execute("SET LOCAL lock_timeout = '10s'")
             .await
@@ -183,6 +184,44 @@ impl Move<'_> {
             Ok(())
         })
         .await
+    }
+
+    /// Change-log triggers of migrations that ended while this node was
+    /// unreachable (their rollback could not drop them) are dropped now.
+    async fn drop_stale_change_logs(&self, a: &Client) -> Result<(), Stop> {
+        let rows = a
+            .query(
+                "SELECT DISTINCT substring(tgname FROM 'shardcast_log_m([0-9]+)')::int8 FROM pg_trigger WHERE tgname LIKE 'shardcast_log_m%'",
+                &[],
+            )
+            .await
+            .map_err(self.err_at(self.source))?;
+        for r in rows {
+            let id: i64 = r.get(0);
+            let finished = match journal::get(&*self.catalog, id).await.map_err(stop)? {
+                Some(m) => m.finished(),
+                None => true,
+            };
+            if !finished || id == self.id() {
+                continue;
+            }
+            for t in &self.tables {
+                a.batch_execute(&triggers::drop_change_log(t, id))
+                    .await
+                    .map_err(self.err_at(self.source))?;
+            }
+            a.execute("DELETE FROM shardcast.changes WHERE migration = $1", &[&id])
+                .await
+                .map_err(self.err_at(self.source))?;
+            let _ = journal::line(
+                &*self.catalog,
+                self.id(),
+                "capturing",
+                &format!("dropped the change log left by migration {id}"),
+            )
+            .await;
+        }
+        Ok(())
     }
 
     async fn copy(&mut self) -> Result<(), Stop> {
