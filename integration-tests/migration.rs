@@ -356,6 +356,9 @@ async fn nothing_lost_or_doubled_while_partitions_move_split_and_merge() {
     );
     let routing = p1.routing();
     assert_eq!(routing["epoch"], p2.routing()["epoch"]);
+    // A proxy started now serves the catalog's table, not its config's.
+    let p3 = builder().start(&cluster);
+    assert_eq!(p3.routing(), routing);
     check(&cluster, &routing, &ledger.lock().unwrap(), None);
 }
 

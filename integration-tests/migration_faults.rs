@@ -203,3 +203,55 @@ async fn a_proxy_that_missed_the_move_never_writes_to_the_old_home() {
     );
     assert_eq!(cluster.sum("SELECT count(*) FROM accounts WHERE id = 1"), 1);
 }
+
+/// A row the source does not have appears on the target during the copy
+/// (a client writing there directly): validation fails at the cut-over,
+/// the move aborts saying so, routing stays and the target is cleaned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_validation_aborts_and_cleans_the_target() {
+    let cluster = Cluster::start(2);
+    cluster.on_all(SCHEMA);
+    let proxy = builder_rate("30kB").start(&cluster);
+    let _ledger = load(&proxy).await;
+    let routing = proxy.routing();
+    let (partition, to) = pick(&routing);
+    let part = partition_of(&routing, hash_int8(1)).clone();
+    let (lo, hi) = (part["lo"].as_i64().unwrap(), part["hi"].as_i64().unwrap());
+    let rogue = (1_000_000i64..)
+        .find(|k| (lo..=hi).contains(&hash_int8(*k)))
+        .unwrap();
+    let id = proxy.migrate(serde_json::json!({"kind": "move", "partition": partition, "to": to}));
+    let started = Instant::now();
+    while !proxy
+        .admin("GET", &format!("/api/migrations/{id}"), "")
+        .1
+        .contains("\"copying\"")
+    {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t: usize = to[1..].parse().unwrap();
+    cluster.nodes[t].psql(
+        &cluster.db,
+        &format!("INSERT INTO accounts (id) VALUES ({rogue})"),
+    );
+    let m = proxy.wait_migration(id, Duration::from_secs(60));
+    assert_eq!(m["state"], "aborted", "{m}");
+    assert!(
+        m["reason"]
+            .as_str()
+            .unwrap()
+            .contains("validation failed for accounts"),
+        "{m}"
+    );
+    let now = partition_of(&proxy.routing(), hash_int8(1)).clone();
+    assert_eq!(now["state"], "serving");
+    assert_eq!(now["node"], part["node"]);
+    let left = cluster.nodes[t].psql(
+        &cluster.db,
+        &format!(
+            "SELECT count(*) FROM accounts WHERE hashint8extended(id, 0) BETWEEN {lo} AND {hi}"
+        ),
+    );
+    assert_eq!(left, "0", "the target keeps rows of the aborted move");
+}
