@@ -157,6 +157,44 @@ async fn show_placement(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Moves the partition holding id 1 to another node, online, following it
+/// with the CLI's progress output, then shows where the rows are.
+async fn live_move(config: &Config) -> anyhow::Result<()> {
+    if config.nodes.len() < 2 || !config.tables.iter().any(|t| t.key_type == KeyType::Bigint) {
+        return Ok(());
+    }
+    let first = &config.nodes[0];
+    let t = NodeTarget::from_url(&first.name, &first.url).map_err(|e| anyhow::anyhow!(e))?;
+    let catalog = connect(&t, &t.dbname).await?;
+    let row = catalog
+        .query_one(
+            "SELECT id, node FROM shardcast.partitions WHERE epoch = (SELECT max(epoch) FROM shardcast.epochs)
+               AND hashint8extended(1, 0) BETWEEN lo AND hi",
+            &[],
+        )
+        .await?;
+    let (partition, node): (i32, String) = (row.get(0), row.get(1));
+    let to = config
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| *n != node)
+        .context("no other node")?;
+    println!("\nMoving partition {partition} (holds id 1) from node {node} to node {to}, online:");
+    let admin = format!("http://{}", config.proxy.admin_listen);
+    let request = crate::admin_client::Request::Move {
+        partition: partition as u32,
+        to,
+    };
+    let code =
+        tokio::task::spawn_blocking(move || crate::admin_client::submit(&admin, &request, true))
+            .await?;
+    if code != 0 {
+        anyhow::bail!("the move did not finish");
+    }
+    show_placement(config).await
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     prepare_nodes(&config).await?;
     let proxy_cfg = config.clone();
@@ -174,6 +212,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     show_placement(&config).await?;
+    if let Err(e) = live_move(&config).await {
+        println!("(the live move was skipped: {e})");
+    }
     let (host, port) = config
         .proxy
         .listen
