@@ -356,6 +356,13 @@ async fn nothing_lost_or_doubled_while_partitions_move_split_and_merge() {
     );
     let routing = p1.routing();
     assert_eq!(routing["epoch"], p2.routing()["epoch"]);
+    eprintln!(
+        "{}",
+        cluster.nodes[0].psql(
+            &cluster.db,
+            "SELECT detail FROM shardcast.journal WHERE step = 'cut_over' ORDER BY seq"
+        )
+    );
     // A proxy started now serves the catalog's table, not its config's.
     let p3 = builder().start(&cluster);
     assert_eq!(p3.routing(), routing);

@@ -348,6 +348,11 @@ impl Move<'_> {
         for _ in 0..1000 {
             let waiting = self.backlog(&a).await?;
             if waiting < limit {
+                // One more pass, so that writes held at the cut-over wait
+                // only for what changed during it.
+                if waiting > 0 {
+                    self.recopy(&a, &mut b).await?;
+                }
                 return Ok(());
             }
             self.recopy(&a, &mut b).await?;
@@ -437,16 +442,56 @@ impl Move<'_> {
         Ok(seqs.len())
     }
 
+    /// The cut-over runs under the epoch lock held by this session, so no
+    /// other change can slip between the target's fence and the commit.
     async fn cut_over(&mut self) -> Result<(), Stop> {
         self.step(
             "cutting_over",
             "holding writes, fencing the source, applying the last changes",
         )
         .await?;
+        self.catalog
+            .execute("SELECT pg_advisory_lock($1)", &[&epochs::EPOCH_LOCK])
+            .await
+            .map_err(|e| stop(format!("taking the epoch lock: {e}")))?;
+        let r = self.cut_over_locked().await;
+        let _ = self
+            .catalog
+            .execute("SELECT pg_advisory_unlock($1)", &[&epochs::EPOCH_LOCK])
+            .await;
+        r
+    }
+
+    async fn cut_over_locked(&mut self) -> Result<(), Stop> {
         let p = self.m.partition;
+        let (source, target) = (self.source, self.target);
         // Connected before writes are held: the pause is the work alone.
         let a = self.source().await?;
         let mut b = self.target().await?;
+        // B's fence admits the partition before writes are held (nobody
+        // routes there until the commit; a direct write there now would
+        // fail validation).
+        {
+            let nodes = self.shared.routing.peek().nodes().to_vec();
+            let cur = epochs::latest(&*self.catalog, &nodes)
+                .await
+                .map_err(stop)?
+                .ok_or_else(|| stop("catalog is empty"))?;
+            let mut ps = cur.partitions().to_vec();
+            let x = ps
+                .iter_mut()
+                .find(|x| x.id == p)
+                .ok_or_else(|| stop("partition vanished"))?;
+            x.node = target;
+            x.state = PartitionState::Cleaning;
+            x.target = Some(source);
+            let planned =
+                RoutingTable::new(cur.epoch() + 1, ps, nodes).map_err(|e| stop(e.to_string()))?;
+            let name = &self.shared.pools[target].target.name;
+            rebuild_fence(&b, name, target, &planned, &self.tables)
+                .await
+                .map_err(stop)?;
+        }
         let held = Instant::now();
         self.change_epoch("cut-over: writes held", |ps| {
             let x = ps
@@ -457,9 +502,22 @@ impl Move<'_> {
             Ok(())
         })
         .await?;
+        let mut phases = vec![("hold", held.elapsed())];
+        let mark = Instant::now();
         self.fence(&a, self.source).await?;
+        phases.push(("fence", mark.elapsed()));
         super::fault("exit_in_cut_over");
-        while self.recopy(&a, &mut b).await? > 0 {}
+        let mark = Instant::now();
+        let mut last_keys = 0;
+        loop {
+            let n = self.recopy(&a, &mut b).await?;
+            if n == 0 {
+                break;
+            }
+            last_keys += n;
+        }
+        phases.push(("last changes", mark.elapsed()));
+        let mark = Instant::now();
         let (lo, hi) = (self.m.lo, self.m.hi);
         let (da, db) = tokio::join!(
             crate::validation::digest(&a, &self.tables, lo, hi),
@@ -469,6 +527,8 @@ impl Move<'_> {
             da.map_err(|e| stop(format!("source node {}: {e}", self.name(self.source))))?,
             db.map_err(|e| stop(format!("target node {}: {e}", self.name(self.target))))?,
         );
+        phases.push(("validate", mark.elapsed()));
+        let mark = Instant::now();
         let rows = crate::validation::compare(
             &self.tables,
             &da,
@@ -498,13 +558,6 @@ impl Move<'_> {
             x.node = target;
             x.state = PartitionState::Cleaning;
             x.target = Some(source);
-            let planned = RoutingTable::new(cur.epoch() + 1, ps.clone(), nodes.clone())
-                .map_err(|e| stop(e.to_string()))?;
-            // B's fence must admit the partition before anyone routes there.
-            let name = &self.shared.pools[target].target.name;
-            rebuild_fence(&b, name, target, &planned, &self.tables)
-                .await
-                .map_err(stop)?;
             let next = epochs::change(
                 &tx,
                 &nodes,
@@ -531,7 +584,22 @@ impl Move<'_> {
         };
         let pause = held.elapsed();
         crate::catalog::follow::adopt(self.shared, next);
+        phases.push(("commit", mark.elapsed()));
         let pause_ms = pause.as_secs_f64() * 1e3;
+        let breakdown: Vec<String> = phases
+            .iter()
+            .map(|(what, d)| format!("{what} {:.1} ms", d.as_secs_f64() * 1e3))
+            .collect();
+        let _ = journal::line(
+            &*self.catalog,
+            self.id(),
+            "cut_over",
+            &format!(
+                "writes held {pause_ms:.1} ms ({}; {last_keys} changed keys re-copied)",
+                breakdown.join(", ")
+            ),
+        )
+        .await;
         self.shared
             .metrics
             .migration_pause
