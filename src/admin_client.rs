@@ -16,8 +16,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 /// Where `--admin` points unless told otherwise (the sample config's
 /// `admin_listen`).
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9187";
@@ -86,58 +84,23 @@ impl Request {
     }
 }
 
-/// A migration as `GET /api/migrations` shows it (see
-/// `catalog::journal::Migration`). Missing fields take defaults, so an older
-/// or newer proxy still answers something readable.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct Migration {
-    pub id: i64,
-    pub kind: String,
-    pub partition: u32,
-    pub source: String,
-    pub target: String,
-    pub lo: i64,
-    pub hi: i64,
-    pub state: String,
-    pub rows_total: i64,
-    pub rows_copied: i64,
-    pub bytes_copied: i64,
-    /// Bytes per second since the copy started.
-    pub rate: f64,
-    pub eta_secs: Option<f64>,
-    /// How long writes to the partition were held at the cut-over.
-    pub pause_ms: Option<f64>,
-    pub reason: Option<String>,
-    pub owner: Option<String>,
-    pub started: String,
-    pub finished: Option<String>,
+pub use crate::catalog::journal::Migration;
+
+/// `move p3 a→b`, or `split p3 on a` when source and target are one node.
+fn describe(m: &Migration) -> String {
+    let route = if m.source == m.target {
+        format!("on {}", m.source)
+    } else {
+        format!("{}→{}", m.source, m.target)
+    };
+    format!("{} p{} {route}", m.kind, m.partition)
 }
 
-impl Migration {
-    pub fn finished(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "aborted")
-    }
-
-    /// `move p3 a→b`, or `split p3 on a` when source and target are one node.
-    pub fn describe(&self) -> String {
-        format!("{} p{} {}", self.kind, self.partition, self.route())
-    }
-
-    fn route(&self) -> String {
-        if self.source == self.target {
-            format!("on {}", self.source)
-        } else {
-            format!("{}→{}", self.source, self.target)
-        }
-    }
-
-    /// Seconds from `started` to `finished`, when both parse.
-    pub fn elapsed_secs(&self) -> Option<f64> {
-        let start = parse_timestamp(&self.started)?;
-        let end = parse_timestamp(self.finished.as_deref()?)?;
-        Some((end - start).max(0.0))
-    }
+/// Seconds from `started` to `finished`, when both parse.
+fn elapsed_secs(m: &Migration) -> Option<f64> {
+    let start = parse_timestamp(&m.started)?;
+    let end = parse_timestamp(m.finished.as_deref()?)?;
+    Some((end - start).max(0.0))
 }
 
 // ---------------------------------------------------------------------------
@@ -270,7 +233,7 @@ fn follow(admin: &Admin, id: i64, tty: bool) -> Result<Migration, String> {
                     if changed || copying {
                         let mut line = plain_line(&m);
                         if last_state.is_none() {
-                            line.push_str(&format!(" ({})", m.describe()));
+                            line.push_str(&format!(" ({})", describe(&m)));
                         }
                         let _ = writeln!(out, "{line}");
                         let _ = out.flush();
@@ -328,7 +291,7 @@ fn fit(line: &str, width: Option<usize>) -> String {
 /// `migration 7 move p3 a→b  copying  [#########-----------] 45%  12,345/27,000 rows  3.1 MB  1.2 MB/s  ETA 4s`.
 /// Outside the copy the percentage means nothing, so it shows the step.
 pub fn progress_line(m: &Migration, bar_width: usize) -> String {
-    let mut line = format!("migration {} {}  {}", m.id, m.describe(), m.state);
+    let mut line = format!("migration {} {}  {}", m.id, describe(m), m.state);
     if m.state == "copying" {
         let fraction = fraction(m.rows_copied, m.rows_total);
         line.push_str(&format!(
@@ -388,7 +351,7 @@ pub fn final_line(m: &Migration) -> String {
         );
     }
     let mut line = format!("migration {} {}", m.id, m.state);
-    if let Some(secs) = m.elapsed_secs() {
+    if let Some(secs) = elapsed_secs(m) {
         line.push_str(&format!(" in {}", fmt_duration(secs)));
     }
     match m.reason.as_deref() {
@@ -1045,10 +1008,10 @@ mod tests {
     #[test]
     fn describe_split_and_move() {
         let mut m = copying();
-        assert_eq!(m.describe(), "move p3 a→b");
+        assert_eq!(describe(&m), "move p3 a→b");
         m.kind = "split".into();
         m.target = "a".into();
-        assert_eq!(m.describe(), "split p3 on a");
+        assert_eq!(describe(&m), "split p3 on a");
     }
 
     #[test]
@@ -1296,7 +1259,7 @@ mod tests {
         });
         let m: Migration = serde_json::from_value(v).unwrap();
         assert!(m.finished());
-        assert_eq!(m.elapsed_secs(), Some(1.5));
+        assert_eq!(elapsed_secs(&m), Some(1.5));
         assert_eq!(
             final_line(&m),
             "migration 7 done in 1.5s (10 rows, 2.0 kB; writes held 3.5 ms)"

@@ -3,11 +3,13 @@
 //! Every step is written here before it acts, so whichever proxy resumes a
 //! migration after a crash knows how far it got.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
-/// A migration as `GET /api/migrations` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// A migration as `GET /api/migrations` shows it (and the CLI reads it:
+/// missing fields take defaults, so another version's answer still reads).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Migration {
     pub id: i64,
     pub kind: String,

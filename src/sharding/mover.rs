@@ -477,14 +477,7 @@ impl Move<'_> {
                 .await
                 .map_err(stop)?
                 .ok_or_else(|| stop("catalog is empty"))?;
-            let mut ps = cur.partitions().to_vec();
-            let x = ps
-                .iter_mut()
-                .find(|x| x.id == p)
-                .ok_or_else(|| stop("partition vanished"))?;
-            x.node = target;
-            x.state = PartitionState::Cleaning;
-            x.target = Some(source);
+            let ps = moved(&cur, p, source, target)?;
             let planned =
                 RoutingTable::new(cur.epoch() + 1, ps, nodes).map_err(|e| stop(e.to_string()))?;
             let name = &self.shared.pools[target].target.name;
@@ -550,14 +543,7 @@ impl Move<'_> {
                 .await
                 .map_err(stop)?
                 .ok_or_else(|| stop("catalog is empty"))?;
-            let mut ps = cur.partitions().to_vec();
-            let x = ps
-                .iter_mut()
-                .find(|x| x.id == p)
-                .ok_or_else(|| stop("partition vanished"))?;
-            x.node = target;
-            x.state = PartitionState::Cleaning;
-            x.target = Some(source);
+            let ps = moved(&cur, p, source, target)?;
             let next = epochs::change(
                 &tx,
                 &nodes,
@@ -885,6 +871,25 @@ impl Move<'_> {
             warn!(migration = self.id(), error = %e, "could not journal the abort");
         }
     }
+}
+
+/// `cur`'s partitions with `p` placed on `target`, its old home `source`
+/// still to be cleaned.
+fn moved(
+    cur: &RoutingTable,
+    p: crate::ring::PartitionId,
+    source: NodeId,
+    target: NodeId,
+) -> Result<Vec<crate::ring::Partition>, Stop> {
+    let mut ps = cur.partitions().to_vec();
+    let x = ps
+        .iter_mut()
+        .find(|x| x.id == p)
+        .ok_or_else(|| stop("partition vanished"))?;
+    x.node = target;
+    x.state = PartitionState::Cleaning;
+    x.target = Some(source);
+    Ok(ps)
 }
 
 /// Rewrites `node`'s fence for every sharded table from `table`: one
