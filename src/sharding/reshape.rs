@@ -13,6 +13,24 @@ use crate::catalog::{epochs, journal};
 use crate::frontend::Shared;
 use crate::ring::{Partition, PartitionId, PartitionState};
 
+/// A split or merge in the migration journal, done as it is recorded.
+async fn journaled(
+    tx: &impl tokio_postgres::GenericClient,
+    kind: &str,
+    partition: PartitionId,
+    node: &str,
+    (lo, hi): (i64, i64),
+    detail: &str,
+) -> Result<i64, Refusal> {
+    let id = journal::create(tx, kind, partition, node, node, lo, hi, "")
+        .await
+        .map_err(unavailable)?;
+    journal::finish(tx, id, "done", Some(detail))
+        .await
+        .map_err(unavailable)?;
+    Ok(id)
+}
+
 /// The next unused partition id: above any the catalog ever held.
 async fn next_id(c: &impl tokio_postgres::GenericClient) -> Result<u32, Refusal> {
     let row = c
@@ -136,21 +154,19 @@ pub async fn split(
     )
     .await
     .map_err(|e| refuse(409, e))?;
-    let node = &nodes[p.node];
-    let id = journal::create(&tx, "split", partition, node, node, p.lo, p.hi, "")
-        .await
-        .map_err(unavailable)?;
-    journal::finish(
+    let detail = format!(
+        "partition {partition} split at {at} into {} and {}",
+        halves[0], halves[1]
+    );
+    let id = journaled(
         &tx,
-        id,
-        "done",
-        Some(&format!(
-            "partition {partition} split at {at} into {} and {}",
-            halves[0], halves[1]
-        )),
+        "split",
+        partition,
+        &nodes[p.node],
+        (p.lo, p.hi),
+        &detail,
     )
-    .await
-    .map_err(unavailable)?;
+    .await?;
     tx.commit().await.map_err(unavailable)?;
     info!(
         partition,
@@ -234,21 +250,8 @@ pub async fn merge(
     )
     .await
     .map_err(|e| refuse(409, e))?;
-    let node = &nodes[a.node];
-    let id = journal::create(&tx, "merge", a.id, node, node, a.lo, b.hi, "")
-        .await
-        .map_err(unavailable)?;
-    journal::finish(
-        &tx,
-        id,
-        "done",
-        Some(&format!(
-            "partitions {} and {} merged into {id_new}",
-            a.id, b.id
-        )),
-    )
-    .await
-    .map_err(unavailable)?;
+    let detail = format!("partitions {} and {} merged into {id_new}", a.id, b.id);
+    let id = journaled(&tx, "merge", a.id, &nodes[a.node], (a.lo, b.hi), &detail).await?;
     tx.commit().await.map_err(unavailable)?;
     info!(a = a.id, b = b.id, into = id_new, "partitions merged");
     crate::catalog::follow::adopt(shared, next);
