@@ -80,7 +80,6 @@ impl Catalog {
         if epochs::latest_epoch(c).await?.is_some_and(|e| e > cur) {
             if let Some(t) = epochs::latest(c, shared.routing.peek().nodes()).await? {
                 adopt(shared, t);
-                self.beat.notify_one();
             }
         }
         Ok(())
@@ -110,6 +109,10 @@ pub fn adopt(shared: &Shared, table: RoutingTable) -> bool {
     if shared.routing.publish(table).is_ok() {
         shared.metrics.routing_epoch.set(epoch as i64);
         info!(epoch, "routing table updated");
+        // The heartbeat says so at once: migrations wait for it.
+        if let Some(c) = &shared.catalog {
+            c.beat.notify_one();
+        }
         return true;
     }
     false

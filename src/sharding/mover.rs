@@ -309,6 +309,11 @@ impl Move<'_> {
         self.shared.metrics.migration_rows.inc_by(moved.rows);
         self.shared.metrics.migration_bytes.inc_by(moved.bytes);
         let catalog = &*self.catalog;
+        // The copy becomes visible on B when this commits: every proxy must
+        // know by then that B's rows of the range are not B's to answer for.
+        let epoch = self.shared.routing.peek().epoch();
+        let limit = Duration::from_secs(self.shared.config.migration.heartbeat_timeout);
+        self.wait_for_proxies(epoch, Some(limit)).await?;
         into.commit().await.map_err(self.err_at(self.target))?;
         drop(snap);
         journal::progress(catalog, id, total, moved.rows as i64, moved.bytes as i64)
@@ -603,22 +608,9 @@ impl Move<'_> {
             committed: true,
         };
         let epoch = self.shared.routing.peek().epoch();
-        let timeout = self.shared.config.migration.heartbeat_timeout as f64;
-        loop {
-            let behind: i64 = self
-                .catalog
-                .query_one(
-                    "SELECT count(*) FROM shardcast.proxies WHERE epoch < $1 AND last_seen > now() - make_interval(secs => $2)",
-                    &[&(epoch as i64), &timeout],
-                )
-                .await
-                .map_err(|e| committed(e.to_string()))?
-                .get(0);
-            if behind == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_for_proxies(epoch, None)
+            .await
+            .map_err(|s| committed(s.reason))?;
         self.check_read_through().await;
         let a = self.source().await.map_err(|s| committed(s.reason))?;
         for t in &self.tables {
@@ -670,6 +662,35 @@ impl Move<'_> {
             .map_err(committed)?;
         info!(migration = self.id(), deleted, "migration done");
         Ok(())
+    }
+
+    /// Waits until every live proxy's heartbeat serves `epoch` or newer
+    /// (silent ones past `heartbeat_timeout` do not count), at most `limit`.
+    async fn wait_for_proxies(&self, epoch: u64, limit: Option<Duration>) -> Result<(), Stop> {
+        let timeout = self.shared.config.migration.heartbeat_timeout as f64;
+        let started = Instant::now();
+        loop {
+            let behind: i64 = self
+                .catalog
+                .query_one(
+                    "SELECT count(*) FROM shardcast.proxies WHERE epoch < $1 AND last_seen > now() - make_interval(secs => $2)",
+                    &[&(epoch as i64), &timeout],
+                )
+                .await
+                .map_err(|e| stop(e.to_string()))?
+                .get(0);
+            if behind == 0 {
+                return Ok(());
+            }
+            if limit.is_some_and(|l| started.elapsed() >= l) {
+                warn!(
+                    migration = self.id(),
+                    behind, epoch, "proxies still serve an older epoch; going on"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Validation after the cut-over: a key of the partition answers
