@@ -22,24 +22,32 @@ t (id bigint, v bigint, pad text) with ROWS rows in PARTITIONS partitions
    between the `step="copying"` and `step="catching_up"` lines of the
    proxy's log (this includes the migrator's count(*) of the range and the
    target's commit). Ratio = median pipe seconds / median copy seconds.
-   Target: >= 0.8x.
+   Target: >= 0.8x. For diagnosis only, each round also times the same pipe
+   into t itself on the target (its other rows and indexes, and the fence
+   trigger a node gets at its first move, with shardcast.migrator = on).
 3. Latency of other partitions: pgbench (custom script: SELECT + UPDATE by
    key, keys drawn from KEYS keys outside the moving partition, at LOAD_RATE
    tx/s; latency from the per-transaction log, which under --rate includes
    the schedule lag) runs LOAD_SECS without migration, then while one
    partition moves back and forth until its copy steps add up to at least
-   LOAD_SECS. p99 of transactions that ended inside a copy step (timed from
+   LOAD_SECS. p99 of transactions scheduled inside a copy step (timed from
    the proxy log) vs p99 of those before any move.
    Target: during / before <= 1.5x.
 
-Copies run at the configured `[migration] copy_rate` (shardcast's default
-unless COPY_RATE is set).
+Copies run at shardcast's default `[migration] copy_rate`; COPY_RATE (e.g.
+"8MB") throttles the copies of (3) only, through a second proxy with that
+setting. The report also names, for the slowest transactions, the step the
+migrator was in, the pause of every move of the run, what the PostgreSQL
+logs say (fence refusals, autovacuum runs cancelled by a waiting lock, lock
+waits over 1 s: the nodes run with log_lock_waits = on), and the CPU other
+processes used meanwhile (the figures mean little if the machine was busy
+with something else).
 
-Environment: ROWS (1000000), PARTITIONS (8), MOVES (20), ROUNDS (5),
-LOAD_SECS (10), LOAD_RATE (1000), CLIENTS (4), KEYS (1024), COPY_RATE
+Environment: ROWS (1000000), PARTITIONS (8), MOVES (40), ROUNDS (7),
+LOAD_SECS (30), LOAD_RATE (1000), CLIENTS (4), KEYS (1024), COPY_RATE
 (unset: default), SKIP_BUILD (1: use the existing target/release binary),
 QUICK (1: a ~1-minute smoke run: ROWS 200000, MOVES 20, ROUNDS 3,
-LOAD_SECS 4).
+LOAD_SECS 4). The default run takes about 3-4 minutes plus the build.
 """
 
 import datetime
@@ -47,6 +55,7 @@ import glob
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -70,9 +79,9 @@ def env(name, default, quick):
 
 ROWS = env("ROWS", 1_000_000, 200_000)
 PARTITIONS = env("PARTITIONS", 8, 8)
-MOVES = env("MOVES", 20, 20)
-ROUNDS = env("ROUNDS", 5, 3)
-LOAD_SECS = env("LOAD_SECS", 10, 4)
+MOVES = env("MOVES", 40, 20)
+ROUNDS = env("ROUNDS", 7, 3)
+LOAD_SECS = env("LOAD_SECS", 30, 4)
 LOAD_RATE = env("LOAD_RATE", 1000, 1000)
 CLIENTS = env("CLIENTS", 4, 4)
 KEYS = env("KEYS", 1024, 1024)
@@ -90,6 +99,7 @@ COPY_TARGET = 0.8
 LATENCY_TARGET = 1.5
 
 loads = []  # running pgbench processes, stopped at exit
+exiting = threading.Event()
 
 
 def psql(port, sql):
@@ -112,7 +122,7 @@ def maintain(ports, truncate_pipe=False):
 # --- shardcast -------------------------------------------------------------
 
 class Proxy:
-    def __init__(self, node_ports):
+    def __init__(self, node_ports, copy_rate=None):
         d = tempfile.mkdtemp(prefix="sc-bench-proxy-")
         pc.cleanup_dirs.append(d)
         self.port, self.admin = pc.free_port(), pc.free_port()
@@ -132,8 +142,8 @@ partitions = {PARTITIONS}
 [pool]
 size = 20
 """
-        if COPY_RATE:
-            cfg += f'\n[migration]\ncopy_rate = "{COPY_RATE}"\n'
+        if copy_rate:
+            cfg += f'\n[migration]\ncopy_rate = "{copy_rate}"\n'
         self.names = []
         for i, p in enumerate(node_ports):
             self.names.append(f"n{i}")
@@ -148,8 +158,14 @@ size = 20
         p = subprocess.Popen([os.path.join(pc.ROOT, "target/release/shardcast"), "run", "--config", path],
                              stdout=log, stderr=log, env=e)
         pc.procs.append(("proc", p))
+        self.proc = p
         pc.wait_port(self.port)
         pc.wait_port(self.admin)
+
+    def stop(self):
+        """SIGTERM: the proxy leaves the catalog's proxy list, so clean-ups do not wait for it."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=20)
 
     def http(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -206,7 +222,7 @@ size = 20
 
     def timeline(self):
         """[(unix time, migration, step)] of every migration's steps, with
-        "cut over" as `cut_over_committed` and "migration done" as `done`."""
+        "cut over" (committed) as `cleaning_up` and "migration done" as `done`."""
         out = []
         with open(self.log_path, errors="replace") as f:
             for line in f:
@@ -217,7 +233,7 @@ size = 20
                 if "migration step" in line:
                     step = re.search(r'step="?([a-z_]+)', line).group(1)
                 elif " cut over " in line:
-                    step = "cut_over_committed"
+                    step = "cleaning_up"
                 elif "migration done" in line:
                     step = "done"
                 else:
@@ -230,6 +246,65 @@ size = 20
         with open(self.log_path, errors="replace") as f:
             return [re.sub(r"\x1b\[[0-9;]*m", "", x).rstrip() for x in f
                     if re.search(r"\b(WARN|ERROR)\b", re.sub(r"\x1b\[[0-9;]*m", "", x))]
+
+
+def node_logs(names):
+    """What the PostgreSQL nodes' logs say (log_lock_waits is on): ERROR/FATAL
+    lines, fence refusals (SC001) among them, autovacuum runs cancelled
+    because a lock request waited deadlock_timeout (1 s) behind them, and lock
+    waits longer than deadlock_timeout with their statements."""
+    out = {"errors": [], "fenced": 0, "av_cancelled": [], "lock_waits": []}
+    for kind, data in pc.procs:
+        if kind != "pg":
+            continue
+        try:
+            node = names.get(int(open(os.path.join(data, "postmaster.pid")).read().split("\n")[3]), "?")
+            with open(os.path.join(os.path.dirname(data), "log"), errors="replace") as f:
+                log = f.read().splitlines()
+        except (OSError, ValueError, IndexError):
+            continue
+        for i, x in enumerate(log):
+            pid = re.search(r"\[(\d+)\]", x)
+            following = [y for y in log[i + 1:i + 6] if pid and f"[{pid.group(1)}]" in y]
+            if re.search(r"\b(ERROR|FATAL|PANIC):", x):
+                ctx = next((y.split("CONTEXT:")[1].strip() for y in following[:1] if "CONTEXT:" in y), "")
+                out["errors"].append(f"{node}: {x.strip()}" + (f" / {ctx}" if ctx else ""))
+                if "does not serve" in x:
+                    out["fenced"] += 1
+                if "canceling autovacuum task" in x:
+                    out["av_cancelled"].append(f"{node} {x.split()[1]}: {ctx}")
+            m = re.search(r"process \d+ acquired (\w+) on relation \d+ of database \d+ after ([\d.]+) ms", x)
+            if m:
+                stmt = next((y.split("STATEMENT:")[1].strip() for y in following if "STATEMENT:" in y), "?")
+                out["lock_waits"].append(f"{node} {x.split()[1]}: {m.group(1)} after {float(m.group(2)):.0f} ms "
+                                         f"for: {stmt[:100]}")
+    return out
+
+
+def cpu_snapshot(proxies):
+    """(machine busy CPU s, CPU s of this benchmark's processes): this script
+    and its waited-for children (psql, pgbench), the proxies, and each
+    PostgreSQL postmaster with its exited backends."""
+    ours = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+    for p in proxies:
+        # A stopped proxy was waited for: RUSAGE_CHILDREN has it.
+        if p.proc.poll() is None:
+            ours += pc.proc_cpu(p.proc.pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    for kind, data in pc.procs:
+        if kind != "pg":
+            continue
+        try:
+            pid = int(open(os.path.join(data, "postmaster.pid")).readline())
+            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            ours += sum(int(x) for x in f[11:15]) / tick
+            for kid in open(f"/proc/{pid}/task/{pid}/children").read().split():
+                k = open(f"/proc/{kid}/stat").read().rsplit(")", 1)[1].split()
+                ours += (int(k[11]) + int(k[12])) / tick
+        except (OSError, ValueError):
+            pass
+    return pc.machine_cpu(), ours
 
 
 def parse_ts(s):
@@ -274,7 +349,7 @@ class Load:
 
     def loop(self):
         i = 0
-        while not self.stop_flag.is_set():
+        while not self.stop_flag.is_set() and not exiting.is_set():
             i += 1
             p = subprocess.Popen(
                 ["pgbench", "-n", "-f", self.script, "-c", str(CLIENTS), "-j", "2", "-T", str(CHUNK_SECS),
@@ -339,6 +414,25 @@ def case_expr(keys, lo, hi):
     return f"CASE WHEN :r < {mid} THEN {case_expr(keys, lo, mid)} ELSE {case_expr(keys, mid, hi)} END"
 
 
+def pause_breakdown(catalog_port, ids):
+    """{phase: [ms]} from the journal's `cut_over` lines of migrations `ids`
+    ("writes held X ms (hold a ms, fence b ms, ...; N changed keys re-copied)"),
+    or {} if the journal has no such lines."""
+    if not ids:
+        return {}
+    try:
+        rows = psql(catalog_port, "SELECT detail FROM shardcast.journal WHERE step = 'cut_over' "
+                                  f"AND migration IN ({', '.join(str(i) for i in ids)})").splitlines()
+    except RuntimeError:
+        return {}
+    out = {}
+    for row in rows:
+        inner = re.search(r"\((.*?)(;|\))", row)
+        for what, ms in re.findall(r"([a-z][a-z ]*?) ([\d.]+) ms", inner.group(1) if inner else ""):
+            out.setdefault(what.strip(), []).append(float(ms))
+    return out
+
+
 def verdict(ok):
     return "PASS" if ok else "FAIL"
 
@@ -353,7 +447,13 @@ def main():
     print("starting two PostgreSQL nodes and shardcast...", file=sys.stderr)
     cc.SCHEMA = SCHEMA
     ports = [cc.start_node(), cc.start_node()]
+    for port in ports:
+        # Lock waits longer than deadlock_timeout (1 s) go to the node's log.
+        psql(port, "ALTER SYSTEM SET log_lock_waits = on")
+        psql(port, "SELECT pg_reload_conf()")
     proxy = Proxy(ports)
+    proxies = [proxy]
+    cpu0, t_cpu0 = cpu_snapshot(proxies), time.time()
     routing = proxy.routing()
     parts = routing["partitions"]
     # Load every partition's rows straight onto its node.
@@ -387,23 +487,38 @@ def main():
     # --- (2) copy throughput: pipe vs move, alternating ------------------------
     p2 = parts[0]["id"]
     lo, hi = parts[0]["lo"], parts[0]["hi"]
-    pipe_t, move_t, moved_rows, moved_bytes, api_t = [], [], [], [], []
-    for r in range(ROUNDS):
-        src = proxy.partition(p2)["node"]
-        dst = proxy.other(src)
-        sp, dp = proxy.ports[src], proxy.ports[dst]
-        maintain(ports, truncate_pipe=True)
+    pipe_t, pipe_t_into_t, move_t, moved_rows, moved_bytes, api_t = [], [], [], [], [], []
+
+    def pipe(sp, dp, table, options=""):
         cmd = (f"set -o pipefail; psql -X -h 127.0.0.1 -p {sp} -U postgres -d bench -v ON_ERROR_STOP=1 -qc "
                f"\"COPY (SELECT * FROM t WHERE hashint8extended(id, 0) BETWEEN {lo} AND {hi}) TO STDOUT (FORMAT binary)\" "
-               f"| psql -X -h 127.0.0.1 -p {dp} -U postgres -d bench -v ON_ERROR_STOP=1 "
-               f"-c \"COPY t_pipe FROM STDIN (FORMAT binary)\"")
+               f"| PGOPTIONS='{options}' psql -X -h 127.0.0.1 -p {dp} -U postgres -d bench -v ON_ERROR_STOP=1 "
+               f"-c \"COPY {table} FROM STDIN (FORMAT binary)\"")
         t = time.perf_counter()
         out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
         took = time.perf_counter() - t
         if out.returncode != 0 or f"COPY {counts[p2]}" not in out.stdout:
             raise RuntimeError(f"pipe failed: {out.stdout} {out.stderr}")
-        pipe_t.append(took)
-        print(f"round {r + 1}: pipe {src}->{dst}: {took:.2f}s", file=sys.stderr)
+        return took
+
+    for r in range(ROUNDS):
+        src = proxy.partition(p2)["node"]
+        dst = proxy.other(src)
+        sp, dp = proxy.ports[src], proxy.ports[dst]
+        maintain(ports, truncate_pipe=True)
+        pipe_t.append(pipe(sp, dp, "t_pipe"))
+        maintain(ports, truncate_pipe=True)
+        # Not a baseline of the targets: the same pipe into t itself on the
+        # target (its other partitions' rows and indexes, and the fence
+        # trigger the node has after its first move, which passes the
+        # migrator's sessions), to show where a gap comes from.
+        fenced = psql(dp, "SELECT count(*) FROM pg_trigger WHERE tgname = 'shardcast_fence'") != "0"
+        pipe_t_into_t.append(pipe(sp, dp, "t", "-c shardcast.migrator=on"))
+        pc.run(["psql", "-X", "-h", "127.0.0.1", "-p", str(dp), "-U", "postgres", "-d", "bench", "-v", "ON_ERROR_STOP=1",
+                "-c", "SET shardcast.migrator = 'on'",
+                "-c", f"DELETE FROM t WHERE hashint8extended(id, 0) BETWEEN {lo} AND {hi}"])
+        print(f"round {r + 1}: pipe {src}->{dst}: {pipe_t[-1]:.2f}s; same pipe into t: {pipe_t_into_t[-1]:.2f}s "
+              f"(fence trigger: {fenced})", file=sys.stderr)
         maintain(ports, truncate_pipe=True)
         t = time.perf_counter()
         m = proxy.move(p2, dst)
@@ -431,22 +546,29 @@ def main():
     script3 = (f"\\set r random(0, {KEYS - 1})\n\\set id {case_expr(keys, 0, KEYS)}\n"
                "SELECT v FROM t WHERE id = :id;\nUPDATE t SET v = v + 1 WHERE id = :id;\n")
     maintain(ports)
-    load3 = Load(proxy, script3, "other")
+    # A throttled copy needs its own proxy (copy_rate is per proxy; the one
+    # that accepts a move runs it); phases 1 and 2 keep the default.
+    proxy3 = Proxy(ports, COPY_RATE) if COPY_RATE else proxy
+    if proxy3 is not proxy:
+        proxies.append(proxy3)
+    load3 = Load(proxy3, script3, "other")
     load3.start()
     before = (time.time(), time.time() + LOAD_SECS)
     time.sleep(LOAD_SECS)
     windows, whole, moves3 = [], [], 0
-    while sum(b - a for a, b in windows) < LOAD_SECS and moves3 < 30:
-        to = proxy.other(proxy.partition(p3)["node"])
-        m = proxy.move(p3, to)
+    while sum(b - a for a, b in windows) < LOAD_SECS and moves3 < 100:
+        to = proxy3.other(proxy3.partition(p3)["node"])
+        m = proxy3.move(p3, to)
         record(m, "latency")
         moves3 += 1
         if m["state"] != "done":
             continue
-        secs, st = copy_secs(proxy, m)
+        secs, st = copy_secs(proxy3, m)
         windows.append((st["copying"], st["catching_up"]))
-        whole.append((st.get("capturing", st["copying"]), time.time()))
-        print(f"latency phase: move {moves3} to {to}: copy step {secs:.2f}s", file=sys.stderr)
+        done = [ts for ts, mid, step in proxy3.timeline() if mid == m["id"] and step == "done"]
+        whole.append((st.get("capturing", st["copying"]), done[0] if done else time.time()))
+        print(f"latency phase: move {moves3} to {to}: copy step {secs:.2f}s, pause {m['pause_ms']:.1f} ms",
+              file=sys.stderr)
     time.sleep(0.5)
     load3.stop()
     txs = load3.transactions()
@@ -457,6 +579,11 @@ def main():
     lat_copy = [lat for _, lat in tx_copy]
     lat_moving = [lat for _, lat in tx_moving]
     copy_window = sum(b - a for a, b in windows)
+    timeline3 = proxy3.timeline()
+    problems3 = []
+    if proxy3 is not proxy:
+        problems3 = proxy3.log_problems()
+        proxy3.stop()
 
     # --- (1) pause at cut-over under write load ---------------------------------
     script1 = f"\\set id random(1, {ROWS})\nUPDATE t SET v = v + 1 WHERE id = :id;\n"
@@ -495,13 +622,19 @@ def main():
         total += int(psql(proxy.ports[q["node"]], f"SELECT count(*) FROM t WHERE hashint8extended(id, 0) "
                                                   f"BETWEEN {q['lo']} AND {q['hi']}"))
     stray = sum(int(psql(port, "SELECT count(*) FROM t")) for port in ports) - total
-    problems = proxy.log_problems()
+    problems = proxy.log_problems() + problems3
+    cpu1 = cpu_snapshot(proxies)
+    busy, ours = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    pg = node_logs({port: name for name, port in proxy.ports.items()})
+    av_counts = {name: psql(port, "SELECT autovacuum_count || ' autovacuums, ' || autoanalyze_count || ' autoanalyzes' "
+                                  "FROM pg_stat_user_tables WHERE relname = 't'")
+                 for name, port in proxy.ports.items()}
 
     # --- report ------------------------------------------------------------------
     print()
     print(f"Online migration, {ROWS:,} rows in {len(parts)} partitions (~{ROWS // len(parts):,} rows each) on 2 nodes; "
           f"{os.cpu_count()} cores shared by PostgreSQL x2, shardcast and pgbench; "
-          f"copy_rate {COPY_RATE or 'default'}; load {LOAD_RATE} tx/s, {CLIENTS} clients (pgbench -R)")
+          f"copy_rate: default (1, 2), {COPY_RATE or 'default'} (3); load {LOAD_RATE} tx/s, {CLIENTS} clients (pgbench -R)")
     print()
     print(f"(1) write pause at cut-over, {len(pauses)} moves under write load "
           f"(UPDATE by random key over all partitions, {len(lat1):,} writes during the moves)")
@@ -509,6 +642,14 @@ def main():
         mx = max(pauses)
         print(f"    pause_ms: n={len(pauses)} p50={pct(pauses, 0.5):.1f} p99={pct(pauses, 0.99):.1f} "
               f"max={mx:.1f}  -> {verdict(mx <= PAUSE_TARGET_MS)} (target max <= {PAUSE_TARGET_MS:.0f} ms)")
+    every = [m["pause_ms"] for _, m in all_moves if m["state"] == "done" and m["pause_ms"] is not None]
+    print(f"    pause_ms of every move of this run (phases 1-3; 2 and 3 without load on the moving partition): "
+          f"n={len(every)} p50={pct(every, 0.5):.1f} p99={pct(every, 0.99):.1f} max={max(every):.1f}; "
+          f"over 100 ms: {sum(x > PAUSE_TARGET_MS for x in every)}, over 1 s: {sum(x > 1000 for x in every)}")
+    phases = pause_breakdown(ports[0], [m["id"] for ph, m in all_moves if ph == "pause" and m["state"] == "done"])
+    if phases:
+        print("    where the pause goes (journal's cut_over lines, phase 1 moves), median / max ms: "
+              + ", ".join(f"{k} {statistics.median(v):.1f} / {max(v):.1f}" for k, v in phases.items()))
     print(f"    client write latency during the moves: p50={pct(lat1, 0.5):.2f} ms p99={pct(lat1, 0.99):.2f} ms "
           f"max={max(lat1) if lat1 else float('nan'):.1f} ms; failed writes {load1.failed}")
     print(f"    slowest writes (latency from the scheduled start, and what the migrator was doing then): "
@@ -526,6 +667,10 @@ def main():
               f"[{', '.join(f'{x:.2f}' for x in move_t)}]; whole move median {statistics.median(api_t):.2f} s")
         print(f"    ratio pipe/move = {ratio:.2f}x ({moved_bytes[0] / mm / 1e6:.0f} MB/s vs pipe "
               f"{moved_bytes[0] / pm / 1e6:.0f} MB/s)  -> {verdict(ratio >= COPY_TARGET)} (target >= {COPY_TARGET}x)")
+        pt = statistics.median(pipe_t_into_t)
+        print(f"    (not the target's baseline) the same pipe into t itself on the target (populated table, fence "
+              f"trigger, migrator=on): median {pt:.2f} s [{', '.join(f'{x:.2f}' for x in pipe_t_into_t)}]; "
+              f"ratio {pt / mm:.2f}x")
     print()
     print(f"(3) p99 latency of other partitions' queries (SELECT + UPDATE by key, {KEYS} keys outside partition {p3})")
     if lat_before and lat_copy:
@@ -535,8 +680,8 @@ def main():
               f"p50={pct(lat_copy, 0.5):.2f} ms p99={c99:.2f} ms")
         print(f"    during the whole moves (capturing -> done): {len(lat_moving):,} tx, p99={pct(lat_moving, 0.99):.2f} ms, "
               f"max={max(lat_moving):.1f} ms")
-        print(f"    slowest before: {slowest(tx_before, timeline)}")
-        print(f"    slowest during the moves: {slowest(tx_moving, timeline)}")
+        print(f"    slowest before: {slowest(tx_before, timeline3)}")
+        print(f"    slowest during the moves: {slowest(tx_moving, timeline3)}")
         print(f"    ratio p99 during/before = {c99 / b99:.2f}x  -> {verdict(c99 / b99 <= LATENCY_TARGET)} "
               f"(target <= {LATENCY_TARGET}x); failed transactions {load3.failed}")
     print()
@@ -548,10 +693,21 @@ def main():
     for e in (load1.errors + load3.errors)[:5]:
         print(f"    {e}")
     for x in problems[:10]:
-        print(f"    log: {x}")
+        print(f"    proxy log: {x}")
+    print(f"machine CPU while measuring: {busy:.0f} CPU-s busy in {time.time() - t_cpu0:.0f}s x "
+          f"{os.cpu_count()} cores; this benchmark's processes {ours:.0f} CPU-s, other processes ~{max(0.0, busy - ours):.0f} CPU-s")
+    print(f"PostgreSQL logs: {len(pg['errors'])} ERROR/FATAL lines, of which {pg['fenced']} writes refused by a fence "
+          f"(SC001; the proxy holds and re-routes them) and {len(pg['av_cancelled'])} autovacuum runs of t cancelled "
+          f"because a lock request waited deadlock_timeout (1 s) behind them; {len(pg['lock_waits'])} lock waits "
+          f"> 1 s; autovacuum of t over the run: " + "; ".join(f"{k}: {v}" for k, v in av_counts.items()))
+    for x in [x for x in pg["errors"] if "does not serve" not in x][:10]:
+        print(f"    pg error: {x}")
+    for x in pg["lock_waits"][:10]:
+        print(f"    pg lock wait: {x}")
 
 
 def stop_loads():
+    exiting.set()
     for p in list(loads):
         try:
             p.send_signal(signal.SIGTERM)
