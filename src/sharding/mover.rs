@@ -66,6 +66,12 @@ pub async fn node_client(shared: &Shared, node: NodeId, role: &str) -> Result<Cl
     c.batch_execute("SET shardcast.migrator = 'on'")
         .await
         .map_err(|e| format!("{role} node {}: {e}", pool.target.name))?;
+    // Rows a migration moves already fired their triggers where they were
+    // written: with the privilege for it, copies skip triggers (the fence's
+    // per-row check included) the way a logical replica applies rows.
+    let _ = c
+        .batch_execute("SET session_replication_role = replica")
+        .await;
     Ok(c)
 }
 
@@ -161,18 +167,21 @@ impl Move<'_> {
                 }
             }
         }
-        let mut a = self.source().await?;
+        let a = self.source().await?;
         self.drop_stale_change_logs(&a).await?;
-        let tx = a.transaction().await.map_err(self.err_at(self.source))?;
-        tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+        let ddl: Vec<String> = self
+            .tables
+            .iter()
+            .map(|t| triggers::change_log(t, self.id(), lo, hi))
+            .collect();
+        ddl_briefly(&a, &self.tables, &ddl.join("\n"))
             .await
-            .map_err(self.err_at(self.source))?;
-        for t in &self.tables {
-            tx.batch_execute(&triggers::change_log(t, self.id(), lo, hi))
-                .await
-                .map_err(self.err_at(self.source))?;
-        }
-        tx.commit().await.map_err(self.err_at(self.source))?;
+            .map_err(|e| {
+                stop(format!(
+                    "source node {}: change log not installed: {e}",
+                    self.name(self.source)
+                ))
+            })?;
         let (p, target) = (self.m.partition, self.target);
         self.change_epoch("copying", |ps| {
             let p = ps
@@ -376,8 +385,8 @@ impl Move<'_> {
     }
 
     /// Re-copies one batch of changed keys from A's current rows; returns
-    /// how many change-log entries it consumed.
-    async fn recopy(&self, a: &Client, b: &mut Client) -> Result<usize, Stop> {
+    /// the change-log entries it consumed (table index, key).
+    async fn recopy(&self, a: &Client, b: &mut Client) -> Result<Vec<(usize, String)>, Stop> {
         let rows = a
             .query(
                 "SELECT seq, tbl, key FROM shardcast.changes WHERE migration = $1 ORDER BY seq LIMIT 5000",
@@ -386,7 +395,7 @@ impl Move<'_> {
             .await
             .map_err(self.err_at(self.source))?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
         let tx = b.transaction().await.map_err(self.err_at(self.target))?;
@@ -444,7 +453,58 @@ impl Move<'_> {
         )
         .await
         .map_err(self.err_at(self.source))?;
-        Ok(seqs.len())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(1) as usize, r.get::<_, String>(2)))
+            .collect())
+    }
+
+    /// Compares the whole range on A and B except the keys A's change log
+    /// names (in one snapshot of A; B changes only by this migrator), so
+    /// that the held writes wait only for those keys' comparison. Returns
+    /// those keys per table and the rows compared.
+    async fn pre_validate(
+        &self,
+        a: &mut Client,
+        b: &Client,
+    ) -> Result<(Vec<Vec<String>>, u64), Stop> {
+        let (lo, hi) = (self.m.lo, self.m.hi);
+        let snap = a
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(self.err_at(self.source))?;
+        let mut keys = vec![Vec::new(); self.tables.len()];
+        for r in snap
+            .query(
+                "SELECT DISTINCT tbl, key FROM shardcast.changes WHERE migration = $1",
+                &[&self.id()],
+            )
+            .await
+            .map_err(self.err_at(self.source))?
+        {
+            if let Some(list) = keys.get_mut(r.get::<_, i32>(0) as usize) {
+                list.push(r.get::<_, String>(1));
+            }
+        }
+        let (da, db) = tokio::join!(
+            crate::validation::digest_keys(&snap, &self.tables, lo, hi, &keys, false),
+            crate::validation::digest_keys(b, &self.tables, lo, hi, &keys, false)
+        );
+        let da = da.map_err(|e| stop(format!("source node {}: {e}", self.name(self.source))))?;
+        let db = db.map_err(|e| stop(format!("target node {}: {e}", self.name(self.target))))?;
+        drop(snap);
+        let rows = crate::validation::compare(
+            &self.tables,
+            &da,
+            &db,
+            self.name(self.source),
+            self.name(self.target),
+        )
+        .map_err(stop)?;
+        Ok((keys, rows))
     }
 
     /// The cut-over runs under the epoch lock held by this session, so no
@@ -471,8 +531,9 @@ impl Move<'_> {
         let p = self.m.partition;
         let (source, target) = (self.source, self.target);
         // Connected before writes are held: the pause is the work alone.
-        let a = self.source().await?;
+        let mut a = self.source().await?;
         let mut b = self.target().await?;
+        let (mut keys, checked) = self.pre_validate(&mut a, &b).await?;
         // B's fence admits the partition before writes are held (nobody
         // routes there until the commit; a direct write there now would
         // fail validation).
@@ -508,18 +569,25 @@ impl Move<'_> {
         let mark = Instant::now();
         let mut last_keys = 0;
         loop {
-            let n = self.recopy(&a, &mut b).await?;
-            if n == 0 {
+            let consumed = self.recopy(&a, &mut b).await?;
+            if consumed.is_empty() {
                 break;
             }
-            last_keys += n;
+            last_keys += consumed.len();
+            for (t, k) in consumed {
+                if let Some(list) = keys.get_mut(t) {
+                    list.push(k);
+                }
+            }
         }
         phases.push(("last changes", mark.elapsed()));
         let mark = Instant::now();
         let (lo, hi) = (self.m.lo, self.m.hi);
+        // Everything else was compared before the hold: only the keys the
+        // change log named since.
         let (da, db) = tokio::join!(
-            crate::validation::digest(&a, &self.tables, lo, hi),
-            crate::validation::digest(&b, &self.tables, lo, hi)
+            crate::validation::digest_keys(&a, &self.tables, lo, hi, &keys, true),
+            crate::validation::digest_keys(&b, &self.tables, lo, hi, &keys, true)
         );
         let (da, db) = (
             da.map_err(|e| stop(format!("source node {}: {e}", self.name(self.source))))?,
@@ -527,15 +595,15 @@ impl Move<'_> {
         );
         phases.push(("validate", mark.elapsed()));
         let mark = Instant::now();
-        let rows = crate::validation::compare(
-            &self.tables,
-            &da,
-            &db,
-            self.name(self.source),
-            self.name(self.target),
-        )
-        .map_err(stop)?;
-        let (source, target) = (self.source, self.target);
+        let rows = checked
+            + crate::validation::compare(
+                &self.tables,
+                &da,
+                &db,
+                self.name(self.source),
+                self.name(self.target),
+            )
+            .map_err(stop)?;
         let next = {
             let tx = self
                 .catalog
@@ -924,27 +992,46 @@ pub async fn rebuild_fence(
     tables: &[Table<'_>],
 ) -> Result<(), String> {
     let ranges = triggers::fenced_ranges(table, node);
+    let sql: Vec<String> = tables
+        .iter()
+        .map(|t| triggers::fence(t, name, &ranges))
+        .collect();
+    ddl_briefly(c, tables, &sql.join("\n"))
+        .await
+        .map_err(|e| format!("node {name}: fence not installed: {e}"))
+}
+
+/// Runs `ddl` on the sharded tables in one transaction that first takes
+/// SHARE ROW EXCLUSIVE on them (waiting out running writes). Writers queue
+/// behind a waiting lock request, so it waits at most 50 ms per attempt;
+/// an autovacuum holding the table is cancelled (as PostgreSQL itself does
+/// after `deadlock_timeout`) and the attempt repeated, up to 40 times.
+async fn ddl_briefly(c: &Client, tables: &[Table<'_>], ddl: &str) -> Result<(), String> {
     let names: Vec<&str> = tables.iter().map(|t| t.name()).collect();
-    let mut sql = format!(
-        "BEGIN; SET LOCAL lock_timeout = '2s'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;\n",
+    let sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '50ms'; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE;\n{ddl}\nCOMMIT;",
         names.join(", ")
     );
-    for t in tables {
-        sql.push_str(&triggers::fence(t, name, &ranges));
-        sql.push('\n');
-    }
-    sql.push_str("COMMIT;");
     let mut last = String::new();
-    for _ in 0..5 {
+    for attempt in 0..40u64 {
         match c.batch_execute(&sql).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 last = e.to_string();
                 let _ = c.batch_execute("ROLLBACK").await;
+                let _ = c
+                    .execute(
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+                         WHERE backend_type = 'autovacuum worker' AND datname = current_database()
+                           AND query ~* ANY($1)",
+                        &[&names],
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5 * attempt.min(20))).await;
             }
         }
     }
-    Err(format!("node {name}: fence not installed: {last}"))
+    Err(last)
 }
 
 /// As `rebuild_fence`, for a node that already has a fence.
