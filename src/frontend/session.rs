@@ -131,7 +131,7 @@ impl Session {
                     let mut tries = 0;
                     loop {
                         let epoch = self.shared.routing.peek().epoch();
-                        match self.simple_query(f.clone()).await {
+                        match self.simple_query(&f).await {
                             Err(FrontendError::Moved { .. })
                                 if tries < 3 && self.await_move(epoch).await =>
                             {

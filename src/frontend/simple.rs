@@ -17,9 +17,9 @@ use crate::router::lexer::split_statements;
 use crate::router::Command;
 
 impl Session {
-    pub(super) async fn simple_query(&mut self, f: Frame) -> Result<(), FrontendError> {
+    pub(super) async fn simple_query(&mut self, f: &Frame) -> Result<(), FrontendError> {
         let started = Instant::now();
-        let sql = parse_query(&f)?;
+        let sql = parse_query(f)?;
         if self.attached.is_none() && sql.bytes().all(|b| b.is_ascii_whitespace() || b == b';') {
             self.write(&empty_query_response());
             self.write(&ready_for_query(self.status()));
@@ -76,7 +76,7 @@ impl Session {
                     "run the COPY outside the transaction".into(),
                 ));
             }
-            return self.sharded_copy(&f, sql, started).await;
+            return self.sharded_copy(f, sql, started).await;
         }
         let decision = {
             let table = self.shared.routing.peek();
@@ -115,7 +115,7 @@ impl Session {
             }
         }
         let outcome = self
-            .execute(decision, Work::Simple(&f), started, session_after)
+            .execute(decision, Work::Simple(f), started, session_after)
             .await?;
         if let (Some(s), false) = (next_settings, outcome.error) {
             self.settings = s;

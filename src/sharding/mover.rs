@@ -210,13 +210,7 @@ impl Move<'_> {
         let (lo, hi) = (self.m.lo, self.m.hi);
         let mut a = self.source().await?;
         let mut b = self.target().await?;
-        let snap = a
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(self.err_at(self.source))?;
+        let snap = self.snapshot(&mut a).await?;
         let mut total = 0i64;
         for t in &self.tables {
             let n: i64 = snap
@@ -305,6 +299,46 @@ impl Move<'_> {
         .await
         .map_err(stop)?;
         Ok(())
+    }
+
+    /// One consistent, read-only view of the source (REPEATABLE READ).
+    async fn snapshot<'c>(
+        &self,
+        a: &'c mut Client,
+    ) -> Result<tokio_postgres::Transaction<'c>, Stop> {
+        a.build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(self.err_at(self.source))
+    }
+
+    /// Digests the range on the source (`a`) and the target (`b`) at once,
+    /// restricted to or excluding `keys`, and compares them; the rows
+    /// compared, or why they differ.
+    async fn compare_range(
+        &self,
+        a: &impl tokio_postgres::GenericClient,
+        b: &impl tokio_postgres::GenericClient,
+        keys: &[Vec<String>],
+        within: bool,
+    ) -> Result<u64, Stop> {
+        let (lo, hi) = (self.m.lo, self.m.hi);
+        let (da, db) = tokio::join!(
+            crate::validation::digest_keys(a, &self.tables, lo, hi, keys, within),
+            crate::validation::digest_keys(b, &self.tables, lo, hi, keys, within)
+        );
+        let da = da.map_err(|e| stop(format!("source node {}: {e}", self.name(self.source))))?;
+        let db = db.map_err(|e| stop(format!("target node {}: {e}", self.name(self.target))))?;
+        crate::validation::compare(
+            &self.tables,
+            &da,
+            &db,
+            self.name(self.source),
+            self.name(self.target),
+        )
+        .map_err(stop)
     }
 
     fn name_roles(&self, e: &str) -> String {

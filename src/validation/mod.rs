@@ -19,18 +19,8 @@ pub struct Digest {
     pub checksum: i64,
 }
 
-/// The digest of rows hashing into `lo..=hi`, per table.
-pub async fn digest(
-    c: &impl GenericClient,
-    tables: &[Table<'_>],
-    lo: i64,
-    hi: i64,
-) -> Result<Vec<Digest>, String> {
-    digest_keys(c, tables, lo, hi, &[], false).await
-}
-
-/// As `digest`, over only the rows whose key is in `keys[table]`
-/// (`within`), or over all rows but those.
+/// The digest of rows hashing into `lo..=hi`, per table: of only the
+/// rows whose key is in `keys[table]` (`within`), or of all rows but those.
 pub async fn digest_keys(
     c: &impl GenericClient,
     tables: &[Table<'_>],

@@ -15,14 +15,7 @@ impl Move<'_> {
         a: &mut Client,
         b: &Client,
     ) -> Result<(Vec<Vec<String>>, u64), Stop> {
-        let (lo, hi) = (self.m.lo, self.m.hi);
-        let snap = a
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(self.err_at(self.source))?;
+        let snap = self.snapshot(a).await?;
         let mut keys = vec![Vec::new(); self.tables.len()];
         for r in snap
             .query(
@@ -36,21 +29,7 @@ impl Move<'_> {
                 list.push(r.get::<_, String>(1));
             }
         }
-        let (da, db) = tokio::join!(
-            crate::validation::digest_keys(&snap, &self.tables, lo, hi, &keys, false),
-            crate::validation::digest_keys(b, &self.tables, lo, hi, &keys, false)
-        );
-        let da = da.map_err(|e| stop(format!("source node {}: {e}", self.name(self.source))))?;
-        let db = db.map_err(|e| stop(format!("target node {}: {e}", self.name(self.target))))?;
-        drop(snap);
-        let rows = crate::validation::compare(
-            &self.tables,
-            &da,
-            &db,
-            self.name(self.source),
-            self.name(self.target),
-        )
-        .map_err(stop)?;
+        let rows = self.compare_range(&snap, b, &keys, false).await?;
         Ok((keys, rows))
     }
 
@@ -129,28 +108,11 @@ impl Move<'_> {
         }
         phases.push(("last changes", mark.elapsed()));
         let mark = Instant::now();
-        let (lo, hi) = (self.m.lo, self.m.hi);
         // Everything else was compared before the hold: only the keys the
         // change log named since.
-        let (da, db) = tokio::join!(
-            crate::validation::digest_keys(&a, &self.tables, lo, hi, &keys, true),
-            crate::validation::digest_keys(&b, &self.tables, lo, hi, &keys, true)
-        );
-        let (da, db) = (
-            da.map_err(|e| stop(format!("source node {}: {e}", self.name(self.source))))?,
-            db.map_err(|e| stop(format!("target node {}: {e}", self.name(self.target))))?,
-        );
+        let rows = checked + self.compare_range(&a, &b, &keys, true).await?;
         phases.push(("validate", mark.elapsed()));
         let mark = Instant::now();
-        let rows = checked
-            + crate::validation::compare(
-                &self.tables,
-                &da,
-                &db,
-                self.name(self.source),
-                self.name(self.target),
-            )
-            .map_err(stop)?;
         let next = {
             let tx = self
                 .catalog
