@@ -22,4 +22,5 @@ pub mod proxy;
 pub mod ring;
 pub mod router;
 pub mod sharding;
+pub mod sim;
 pub mod validation;

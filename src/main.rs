@@ -43,6 +43,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replay modelled load built from real traces through the planner, and
+    /// measure overload, SLO violations and data moved.
+    Simulate {
+        /// Folder of `timestamp,value` CSV series (searched recursively).
+        #[arg(long, default_value = "../shared/traces")]
+        traces: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 10_000)]
+        partitions: usize,
+        /// predictive, reactive, oracle or off.
+        #[arg(long, default_value = "predictive")]
+        policy: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Simulated days (after two days of warm-up).
+        #[arg(long, default_value_t = 1.0)]
+        days: f64,
+        /// The cluster's mean utilization.
+        #[arg(long, default_value_t = 0.6)]
+        utilization: f64,
+        /// Mean size of a partition, e.g. 2GB (moves take size ÷ copy rate).
+        #[arg(long, default_value = "2GB")]
+        partition_size: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file and exit.
     CheckConfig {
         #[arg(long, default_value = "config/shardcast.toml")]
@@ -148,6 +176,42 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", shardcast::analyzer::eval::render(&report));
+            }
+            Ok(())
+        }
+        Cmd::Simulate {
+            traces,
+            nodes,
+            partitions,
+            policy,
+            seed,
+            days,
+            utilization,
+            partition_size,
+            json,
+        } => {
+            use shardcast::{planner::Policy, sim};
+            let policy = Policy::parse(&policy).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--policy {policy:?}: expected one of {}",
+                    Policy::NAMES.join(", ")
+                )
+            })?;
+            let mut opts = sim::Options::new(traces, nodes, partitions, policy, seed, days)?;
+            if !(utilization > 0.0 && utilization < 1.0) {
+                anyhow::bail!("--utilization must be in (0, 1), not {utilization}");
+            }
+            opts.utilization = utilization;
+            opts.partition_bytes = shardcast::config::parse_bytes(&partition_size)
+                .filter(|b| *b > 0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--partition-size {partition_size:?} is not a size like 2GB")
+                })? as f64;
+            let report = sim::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", sim::render(&report));
             }
             Ok(())
         }

@@ -24,10 +24,12 @@ pub const MODELS: &[&str] = &[
     "level_plus_daily",
     "smooth_plus_daily",
     "damped_trend",
+    "hourly_naive",
 ];
-const M: usize = 8;
+const M: usize = 9;
 const LAST: usize = 0;
 const SNAIVE: usize = 1;
+const HNAIVE: usize = 8;
 /// Trend damping per step (Gardner & McKenzie's damped trend).
 const PHI: f64 = 0.98;
 /// Recent values kept for the median and spike clipping.
@@ -47,6 +49,10 @@ pub struct ForecastConfig {
 impl ForecastConfig {
     fn buckets_per_day(&self) -> usize {
         (86_400 / self.bucket_secs.max(1)).max(1) as usize
+    }
+
+    fn buckets_per_hour(&self) -> usize {
+        (3_600 / self.bucket_secs.max(1)).max(1) as usize
     }
 }
 
@@ -82,6 +88,9 @@ pub struct State {
     seen: Box<[bool; DAY_SLOTS]>,
     /// Values one day back, for seasonal naive (ring of buckets_per_day).
     day: Vec<f32>,
+    /// Values one hour back, for hourly naive (ring of buckets_per_hour):
+    /// recurring cron and batch spikes.
+    hour: Vec<f32>,
     /// Forecasts made in the last `horizon` steps, per model, plus the chosen one.
     pending: Vec<[f32; M + 1]>,
     /// Exponentially weighted mean absolute error per model at the horizon.
@@ -100,6 +109,7 @@ pub struct State {
 pub struct Model {
     cfg: ForecastConfig,
     per_day: usize,
+    per_hour: usize,
     /// Error memory of the running backtest: ~2 days of steps by default.
     err_decay: f64,
 }
@@ -110,10 +120,12 @@ const MIN_ERROR_MEMORY: f64 = 50.0;
 impl Model {
     pub fn new(cfg: ForecastConfig) -> Self {
         let per_day = cfg.buckets_per_day();
+        let per_hour = cfg.buckets_per_hour();
         let err_decay = 1.0 - 1.0 / (2.0 * per_day as f64).max(MIN_ERROR_MEMORY);
         Self {
             cfg,
             per_day,
+            per_hour,
             err_decay,
         }
     }
@@ -141,6 +153,7 @@ impl Model {
             profile: Box::new([0.0; DAY_SLOTS]),
             seen: Box::new([false; DAY_SLOTS]),
             day: vec![0.0; self.per_day],
+            hour: vec![0.0; self.per_hour],
             pending: vec![[0.0; M + 1]; self.cfg.horizon.max(1)],
             err: [0.0; M],
             scored: 0,
@@ -232,6 +245,7 @@ impl Model {
         }
         s.recent[s.n as usize % RECENT] = y as f32 as f64;
         s.day[(t as usize) % self.per_day] = y as f32;
+        s.hour[(t as usize) % self.per_hour] = y as f32;
         let slot = self.slot(t);
         if s.seen[slot] {
             s.profile[slot] += (0.25 * (yc - s.profile[slot] as f64)) as f32;
@@ -247,6 +261,13 @@ impl Model {
         let have_day = s.n >= self.per_day as u64;
         f[SNAIVE] = if have_day && h <= self.per_day {
             s.day[((t + h as u64) as usize) % self.per_day] as f64
+        } else {
+            y
+        };
+        // The same minute of the last hour that has it (y itself when the
+        // horizon is a whole number of hours).
+        f[HNAIVE] = if s.n >= self.per_hour as u64 {
+            s.hour[((t + h as u64) as usize) % self.per_hour] as f64
         } else {
             y
         };
@@ -321,6 +342,23 @@ impl Model {
     }
 }
 
+impl Model {
+    /// The forecasts still waiting for their target, after `observe(t)`:
+    /// for t + 1, t + 2, …, t + horizon, each made `horizon` steps before
+    /// its target (the one for t + horizon just now). A rolling view of the
+    /// whole horizon, so a peak forecast a few steps ago is not forgotten
+    /// because the newest forecast looks past it. Fewer while the series is
+    /// younger than the horizon.
+    pub fn path(&self, s: &State, t: u64, out: &mut Vec<f32>) {
+        out.clear();
+        let h = self.cfg.horizon.max(1) as u64;
+        let known = s.n.min(h);
+        for k in (h - known + 1)..=h {
+            out.push(s.pending[((t + k) % h) as usize][M].max(0.0));
+        }
+    }
+}
+
 /// Carries a series' state over a partition split: each child gets the
 /// parent's shape, scaled to its share of the load.
 pub fn split_state(s: &State, fraction: f64) -> (State, State) {
@@ -337,7 +375,7 @@ pub fn split_state(s: &State, fraction: f64) -> (State, State) {
         for v in c.profile.iter_mut() {
             *v *= f32f;
         }
-        for v in c.day.iter_mut() {
+        for v in c.day.iter_mut().chain(c.hour.iter_mut()) {
             *v *= f32f;
         }
         for p in c.pending.iter_mut() {
@@ -371,6 +409,9 @@ pub fn merge_states(a: &State, b: &State) -> State {
         c.seen[k] |= b.seen[k];
     }
     for (x, y) in c.day.iter_mut().zip(b.day.iter()) {
+        *x += y;
+    }
+    for (x, y) in c.hour.iter_mut().zip(b.hour.iter()) {
         *x += y;
     }
     for (p, q) in c.pending.iter_mut().zip(b.pending.iter()) {
@@ -490,6 +531,27 @@ mod tests {
         let (_, _, out) = run(&[0.0; 10], 6, 0..0);
         assert_eq!(out[9].predicted, 0.0);
         assert!(out[9].upper.is_finite());
+    }
+
+    #[test]
+    fn the_path_holds_the_forecasts_for_the_coming_horizon() {
+        let m = Model::new(ForecastConfig {
+            bucket_secs: 300,
+            horizon: 4,
+            quantile: 0.9,
+        });
+        let mut s = m.new_state();
+        let mut path = Vec::new();
+        m.observe(&mut s, 0, 10.0);
+        m.path(&s, 0, &mut path);
+        assert_eq!(path, vec![10.0], "one forecast made so far");
+        let mut made = Vec::new();
+        for t in 1..20u64 {
+            made.push(m.observe(&mut s, t, 10.0 + t as f64).predicted as f32);
+        }
+        m.path(&s, 19, &mut path);
+        // Targets 20..=23 were forecast at 16..=19.
+        assert_eq!(path, made[15..19].to_vec());
     }
 
     #[test]

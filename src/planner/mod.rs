@@ -11,11 +11,11 @@
 //! which is what keeps the planner from flapping.
 //!
 //! Policies differ only in the load each partition is planned for:
-//! `predictive` the forecast over the horizon (point forecast, plus the
-//! node's share of the forecasts' uncertainty), `reactive` the load just
-//! measured, and only once a node has stayed over the threshold for
-//! `window`, `oracle` (simulator) the true peak over the horizon, `off`
-//! nothing at all.
+//! `predictive` the forecasts over the horizon (each node's peak of the
+//! summed point forecasts, plus its share of their uncertainty), `reactive`
+//! the load just measured, and only once a node has stayed over the
+//! threshold for `window`, `oracle` (simulator) the true loads over the
+//! horizon, `off` nothing at all.
 
 pub mod cost;
 
@@ -156,8 +156,11 @@ pub struct PartitionLoad {
     pub predicted: f64,
     /// The forecast's upper bound at the horizon.
     pub upper: f64,
-    /// The true peak over the horizon (the simulator's oracle only).
-    pub future: Option<f64>,
+    /// Forecasts for evenly spaced steps over the horizon, the last at the
+    /// horizon (empty: only `predicted` is known).
+    pub path: Vec<f32>,
+    /// The true loads over the horizon, same steps (the simulator's oracle only).
+    pub future: Vec<f32>,
     pub bytes: u64,
     /// Where it is moving to, while a migration runs.
     pub moving_to: Option<usize>,
@@ -263,14 +266,19 @@ pub struct Plan {
 /// `memory` is updated with what was decided.
 pub fn plan(cluster: &Cluster, settings: &Settings, memory: &mut Memory) -> Plan {
     let mut round = choose::Round::new(cluster, settings, memory);
-    let before: Vec<(f64, f64)> = (0..cluster.nodes.len())
-        .map(|n| (round.utilization_now(n), round.utilization(n)))
+    let before: Vec<(f64, f64, Option<f64>)> = (0..cluster.nodes.len())
+        .map(|n| {
+            (
+                round.utilization_now(n),
+                round.utilization(n),
+                round.crossing(n),
+            )
+        })
         .collect();
     if settings.policy != Policy::Off {
         round.relieve_hot_nodes();
         round.merge_cold_neighbours();
     }
-    let horizon = settings.horizon as f64;
     let nodes = cluster
         .nodes
         .iter()
@@ -282,7 +290,7 @@ pub fn plan(cluster: &Cluster, settings: &Settings, memory: &mut Memory) -> Plan
             utilization: before[n].0,
             expected: before[n].1,
             after: round.utilization(n),
-            crosses_in: cost::crossing_secs(before[n].0, before[n].1, settings.threshold, horizon),
+            crosses_in: before[n].2,
         })
         .collect();
     let (decisions, notes) = round.finish();
