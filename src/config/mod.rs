@@ -33,6 +33,104 @@ pub struct Config {
     pub catalog: CatalogConfig,
     #[serde(default)]
     pub migration: MigrationConfig,
+    #[serde(default)]
+    pub planner: PlannerConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+}
+
+/// The Predictive Migration Engine (`planner/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerConfig {
+    /// `predictive` (default), `reactive` or `off`.
+    #[serde(default = "defaults::policy")]
+    pub policy: String,
+    /// How often the planner looks (default `1m`).
+    #[serde(default = "defaults::planner_interval", deserialize_with = "duration")]
+    pub interval: u64,
+    /// Utilization every node must stay under, in (0, 1] (default 0.8).
+    #[serde(default = "defaults::threshold", deserialize_with = "number")]
+    pub threshold: f64,
+    /// How far ahead it plans (default: `[forecast] horizon`).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub horizon: Option<u64>,
+    /// Migrations at once (default: `[migration] max_concurrent`).
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// The copy rate it assumes (default: `[migration] copy_rate`).
+    #[serde(default, deserialize_with = "opt_bytes_rate")]
+    pub copy_rate: Option<u64>,
+    /// Smallest benefit worth a move, in node-seconds of overload avoided.
+    #[serde(default = "defaults::min_benefit", deserialize_with = "number")]
+    pub min_benefit: f64,
+    /// How long a moved partition stays put (default `1h`).
+    #[serde(default = "defaults::cooldown", deserialize_with = "duration")]
+    pub cooldown: u64,
+    /// `reactive`: how long a node must stay over the threshold (default `1m`).
+    #[serde(default = "defaults::window", deserialize_with = "duration")]
+    pub window: u64,
+    /// Merge cold neighbours above this many partitions (default 0: never).
+    #[serde(default)]
+    pub merge_above: usize,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        Self {
+            policy: defaults::policy(),
+            interval: defaults::planner_interval(),
+            threshold: defaults::threshold(),
+            horizon: None,
+            max_concurrent: None,
+            copy_rate: None,
+            min_benefit: defaults::min_benefit(),
+            cooldown: defaults::cooldown(),
+            window: defaults::window(),
+            merge_above: 0,
+        }
+    }
+}
+
+/// The Resource Utilization Monitor (`monitor/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// How often each node is sampled (default `5s`).
+    #[serde(default = "defaults::monitor_interval", deserialize_with = "duration")]
+    pub interval: u64,
+    /// How often partition sizes are estimated (default `1m`).
+    #[serde(default = "defaults::sizes_interval", deserialize_with = "duration")]
+    pub sizes_interval: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            interval: defaults::monitor_interval(),
+            sizes_interval: defaults::sizes_interval(),
+        }
+    }
+}
+
+impl Config {
+    /// The planner's settings from `[planner]`, `[forecast]` and `[migration]`.
+    pub fn planner_settings(&self) -> crate::planner::Settings {
+        let p = &self.planner;
+        crate::planner::Settings {
+            policy: crate::planner::Policy::parse(&p.policy).unwrap_or(crate::planner::Policy::Off),
+            threshold: p.threshold,
+            horizon: p.horizon.unwrap_or(self.forecast.horizon),
+            interval: p.interval,
+            max_concurrent: p.max_concurrent.unwrap_or(self.migration.max_concurrent),
+            copy_rate: p.copy_rate.unwrap_or(self.migration.copy_rate) as f64,
+            min_benefit: p.min_benefit,
+            cooldown: p.cooldown,
+            window: p.window,
+            merge_above: p.merge_above,
+            ..crate::planner::Settings::default()
+        }
+    }
 }
 
 /// Where the cluster's shared state lives (routing epochs, migration
@@ -102,6 +200,28 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         _ => return None,
     };
     Some(n * mult)
+}
+
+fn opt_bytes_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bytes_rate(d).map(Some)
+}
+
+/// A TOML integer or float as f64.
+fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Num {
+        I(i64),
+        F(f64),
+    }
+    Ok(match Num::deserialize(d)? {
+        Num::I(i) => i as f64,
+        Num::F(f) => f,
+    })
+}
+
+fn opt_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number(d).map(Some)
 }
 
 fn bytes_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -255,6 +375,13 @@ pub struct NodeConfig {
     pub name: String,
     /// `postgres://user[:password]@host:port/dbname`
     pub url: String,
+    /// Requests per second the node serves before latency bends (from
+    /// `shardcast calibrate`); without it the node's utilization is unknown.
+    #[serde(default, deserialize_with = "opt_number")]
+    pub capacity_qps: Option<f64>,
+    /// A Prometheus node_exporter on the node's host, e.g. `http://10.0.0.5:9100/metrics`.
+    #[serde(default)]
+    pub exporter: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -365,7 +492,7 @@ pub struct UserConfig {
 }
 
 /// Defaults live in one place.
-mod defaults {
+pub(crate) mod defaults {
     pub fn recover_after() -> u64 {
         30
     }
@@ -424,6 +551,30 @@ mod defaults {
     }
     pub fn history_minutes() -> usize {
         7 * 24 * 60
+    }
+    pub fn policy() -> String {
+        "predictive".into()
+    }
+    pub fn planner_interval() -> u64 {
+        60
+    }
+    pub fn threshold() -> f64 {
+        0.8
+    }
+    pub fn min_benefit() -> f64 {
+        1.0
+    }
+    pub fn cooldown() -> u64 {
+        3600
+    }
+    pub fn window() -> u64 {
+        60
+    }
+    pub fn monitor_interval() -> u64 {
+        5
+    }
+    pub fn sizes_interval() -> u64 {
+        60
     }
 }
 

@@ -38,7 +38,12 @@ const PROXY: &[Field] = &[
     f("database", Ty::Str, true),
     f("workers", Ty::Int, false),
 ];
-const NODE: &[Field] = &[f("name", Ty::Str, true), f("url", Ty::Str, true)];
+const NODE: &[Field] = &[
+    f("name", Ty::Str, true),
+    f("url", Ty::Str, true),
+    f("capacity_qps", Ty::Float, false),
+    f("exporter", Ty::Str, false),
+];
 const TABLE: &[Field] = &[
     f("name", Ty::Str, true),
     f("shard_key", Ty::Str, true),
@@ -86,6 +91,22 @@ const MIGRATION: &[Field] = &[
     f("poll", Ty::Str, false),
     f("catch_up_rows", Ty::Int, false),
 ];
+const PLANNER: &[Field] = &[
+    f("policy", Ty::Str, false),
+    f("interval", Ty::Str, false),
+    f("threshold", Ty::Float, false),
+    f("horizon", Ty::Str, false),
+    f("max_concurrent", Ty::Int, false),
+    f("copy_rate", Ty::Str, false),
+    f("min_benefit", Ty::Float, false),
+    f("cooldown", Ty::Str, false),
+    f("window", Ty::Str, false),
+    f("merge_above", Ty::Int, false),
+];
+const MONITOR: &[Field] = &[
+    f("interval", Ty::Str, false),
+    f("sizes_interval", Ty::Str, false),
+];
 const ROOT: &[Field] = &[
     f("proxy", Ty::Table(PROXY), true),
     f("nodes", Ty::Tables(NODE), true),
@@ -99,6 +120,8 @@ const ROOT: &[Field] = &[
     f("transactions", Ty::Table(TRANSACTIONS), false),
     f("catalog", Ty::Table(CATALOG), false),
     f("migration", Ty::Table(MIGRATION), false),
+    f("planner", Ty::Table(PLANNER), false),
+    f("monitor", Ty::Table(MONITOR), false),
 ];
 
 /// What the walk found: issues, and the span of every scalar by key path.
@@ -332,6 +355,12 @@ impl Walk<'_> {
             "migration.heartbeat",
             "migration.heartbeat_timeout",
             "migration.poll",
+            "planner.interval",
+            "planner.horizon",
+            "planner.cooldown",
+            "planner.window",
+            "monitor.interval",
+            "monitor.sizes_interval",
         ] {
             if let Some(d) = self.get(key).map(str::to_string) {
                 if super::parse_duration(&d).is_none() {
@@ -343,15 +372,18 @@ impl Walk<'_> {
                 }
             }
         }
-        if let Some(r) = self.get("migration.copy_rate").map(str::to_string) {
-            if super::parse_bytes(&r).is_none() {
-                self.issue(
-                    "migration.copy_rate",
-                    self.at("migration.copy_rate"),
-                    format!("\"{r}\" is not a rate like 64MB (per second; 0 for no limit)"),
-                );
+        for key in ["migration.copy_rate", "planner.copy_rate"] {
+            if let Some(r) = self.get(key).map(str::to_string) {
+                if super::parse_bytes(&r).is_none() {
+                    self.issue(
+                        key,
+                        self.at(key),
+                        format!("\"{r}\" is not a rate like 64MB (per second; 0 for no limit)"),
+                    );
+                }
             }
         }
+        self.planner();
         if let Some(q) = self.get("forecast.quantile").map(str::to_string) {
             if !q.parse::<f64>().is_ok_and(|q| q > 0.5 && q < 1.0) {
                 self.issue(
@@ -385,6 +417,77 @@ impl Walk<'_> {
                     self.at("auth.method"),
                     "md5 needs at least one [[auth.users]] entry".into(),
                 );
+            }
+        }
+    }
+}
+
+impl Walk<'_> {
+    /// `[planner]` and the nodes' capacities and exporters.
+    fn planner(&mut self) {
+        if let Some(p) = self.get("planner.policy").map(str::to_string) {
+            let msg = match p.as_str() {
+                "predictive" | "reactive" | "off" => None,
+                "oracle" => Some("oracle reads the future: it exists only in `shardcast simulate`; use predictive, reactive or off".to_string()),
+                _ => Some(format!("\"{p}\" is not a policy; use predictive, reactive or off")),
+            };
+            if let Some(m) = msg {
+                self.issue("planner.policy", self.at("planner.policy"), m);
+            }
+        }
+        if let Some(t) = self.get("planner.threshold").map(str::to_string) {
+            if !t.parse::<f64>().is_ok_and(|t| t > 0.0 && t <= 1.0) {
+                self.issue(
+                    "planner.threshold",
+                    self.at("planner.threshold"),
+                    format!("must be in (0, 1] (a utilization, e.g. 0.8), not {t}"),
+                );
+            }
+        }
+        if let Some(h) = self.get("planner.horizon").and_then(super::parse_duration) {
+            let bucket = self
+                .get("forecast.bucket")
+                .and_then(super::parse_duration)
+                .unwrap_or_else(super::defaults::bucket);
+            if h < bucket {
+                self.issue(
+                    "planner.horizon",
+                    self.at("planner.horizon"),
+                    format!(
+                        "{h}s is shorter than one forecast bucket ([forecast] bucket = {bucket}s)"
+                    ),
+                );
+            }
+        }
+        if let Some(m) = self.get("planner.max_concurrent").map(str::to_string) {
+            if !m.parse::<u64>().is_ok_and(|m| (1..=1000).contains(&m)) {
+                self.issue(
+                    "planner.max_concurrent",
+                    self.at("planner.max_concurrent"),
+                    format!("must be between 1 and 1000, not {m}"),
+                );
+            }
+        }
+        for i in 0..self.count("nodes") {
+            let key = format!("nodes[{i}].capacity_qps");
+            if let Some(c) = self.get(&key).map(str::to_string) {
+                if !c.parse::<f64>().is_ok_and(|c| c > 0.0 && c.is_finite()) {
+                    self.issue(
+                        &key,
+                        self.at(&key),
+                        format!("must be a positive number of requests per second, not {c}"),
+                    );
+                }
+            }
+            let key = format!("nodes[{i}].exporter");
+            if let Some(u) = self.get(&key).map(str::to_string) {
+                if !u.starts_with("http://") {
+                    self.issue(
+                        &key,
+                        self.at(&key),
+                        format!("\"{u}\" is not a URL like http://host:9100/metrics"),
+                    );
+                }
             }
         }
     }
@@ -495,6 +598,37 @@ partitions = 16
         );
         let syntax = issues("[proxy\nlisten = ");
         assert_eq!(syntax[0], ("(syntax)".to_string(), 1));
+    }
+
+    #[test]
+    fn planner_section() {
+        let c = super::super::Config::parse(&format!(
+            "{GOOD}\n[planner]\npolicy = \"reactive\"\nthreshold = 0.75\nhorizon = \"30m\"\ncopy_rate = \"32MB\"\n"
+        ))
+        .unwrap();
+        let s = c.planner_settings();
+        assert_eq!(s.policy, crate::planner::Policy::Reactive);
+        assert_eq!(
+            (s.threshold, s.horizon, s.copy_rate),
+            (0.75, 1800, 32.0 * 1024.0 * 1024.0)
+        );
+        let bad = format!(
+            "{GOOD}\n[planner]\npolicy = \"clairvoyant\"\nthreshold = 1.5\nhorizon = \"10s\"\n"
+        );
+        let got: Vec<String> = issues(&bad).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            got,
+            vec!["planner.policy", "planner.threshold", "planner.horizon"]
+        );
+        let msgs = super::super::Config::parse(&bad).unwrap_err();
+        assert!(
+            msgs[2].message.contains("shorter than one forecast bucket"),
+            "{msgs:?}"
+        );
+        let oracle = format!("{GOOD}\n[planner]\npolicy = \"oracle\"\nthreshold = 0\n");
+        let msgs = super::super::Config::parse(&oracle).unwrap_err();
+        assert!(msgs[0].message.contains("simulate"), "{msgs:?}");
+        assert_eq!(msgs[1].key, "planner.threshold");
     }
 
     #[test]
