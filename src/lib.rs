@@ -16,6 +16,7 @@ pub mod demo;
 pub mod frontend;
 pub mod merge;
 pub mod metrics;
+pub mod monitor;
 pub mod planner;
 pub mod protocol;
 pub mod proxy;

@@ -145,6 +145,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What the planner of a running proxy would do now, and why: each
+    /// node's utilization now and expected, and the moves it would make.
+    Plan {
+        /// The proxy's admin API (its `admin_listen`), as http://host:port.
+        #[arg(long, default_value = admin_client::DEFAULT_ADMIN)]
+        admin: String,
+        /// Print the API's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -259,6 +269,7 @@ fn main() -> anyhow::Result<()> {
             exit(admin_client::submit(&admin, &Request::Drain { node }, wait))
         }
         Cmd::Migrations { admin, json } => exit(admin_client::list(&admin, json)),
+        Cmd::Plan { admin, json } => exit(admin_client::plan(&admin, json)),
     }
 }
 

@@ -107,6 +107,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         type_names: Default::default(),
         two_phase,
         catalog: Some(catalog),
+        monitor: Default::default(),
         config,
     }))
 }
@@ -257,6 +258,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let resume_task = tokio::spawn(crate::sharding::resume(shared.clone(), stop_rx.clone()));
+    let monitor_task = tokio::spawn(crate::monitor::run(shared.clone(), stop_rx.clone()));
+    let planner_task = tokio::spawn(crate::monitor::live::run(shared.clone(), stop_rx.clone()));
 
     shutdown_signal().await;
     info!("shutting down");
@@ -268,6 +271,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = recovery_task.await;
     let _ = follow_task.await;
     let _ = resume_task.await;
+    let _ = monitor_task.await;
+    let _ = planner_task.await;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub struct ProxyBuilder {
     partitions: u32,
     pool_size: usize,
     extra: String,
+    node_keys: String,
     env: Vec<(String, String)>,
 }
 
@@ -22,6 +23,7 @@ impl Default for ProxyBuilder {
             partitions: 16,
             pool_size: 20,
             extra: String::new(),
+            node_keys: String::new(),
             env: Vec::new(),
         }
     }
@@ -53,14 +55,22 @@ impl ProxyBuilder {
         self
     }
 
+    /// Raw TOML added to every `[[nodes]]` entry (e.g. `capacity_qps = 400`).
+    pub fn node_keys(mut self, toml: &str) -> Self {
+        self.node_keys.push_str(toml);
+        self.node_keys.push('\n');
+        self
+    }
+
     pub fn config(&self, cluster: &Cluster, port: u16, admin: u16) -> String {
         let mut c = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\ndatabase = \"app\"\nworkers = 2\n\n"
         );
         for (i, n) in cluster.nodes.iter().enumerate() {
             c.push_str(&format!(
-                "[[nodes]]\nname = \"n{i}\"\nurl = \"{}\"\n\n",
-                n.url(&cluster.db)
+                "[[nodes]]\nname = \"n{i}\"\nurl = \"{}\"\n{}\n",
+                n.url(&cluster.db),
+                self.node_keys
             ));
         }
         for (name, key, ty) in &self.tables {

@@ -87,6 +87,11 @@ async fn handle(
             "application/json",
             nodes_json(shared).to_string(),
         ),
+        "/api/plan" => reply(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string(&crate::monitor::live::plan_now(shared)).unwrap_or_default(),
+        ),
         "/" | "/status" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -95,7 +100,7 @@ async fn handle(
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            format!("no such path {other}; try /metrics, /api/routing, /api/forecast, /api/nodes, /api/migrations or /\n"),
+            format!("no such path {other}; try /metrics, /api/routing, /api/forecast, /api/nodes, /api/plan, /api/migrations or /\n"),
         ),
     }
 }

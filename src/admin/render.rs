@@ -28,12 +28,20 @@ pub fn routing_json(shared: &Shared) -> Value {
 }
 
 pub fn nodes_json(shared: &Shared) -> Value {
+    let samples = shared.monitor.nodes();
     let nodes: Vec<Value> = shared
         .pools
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(n, p)| {
             let s = &p.stats;
+            let m = samples.get(n);
             json!({
+                "utilization": m.and_then(|m| m.utilization),
+                "capacity_qps": m.and_then(|m| m.capacity_qps),
+                "requests_per_sec": m.map(|m| m.requests_per_sec),
+                "latency_ratio": m.and_then(|m| m.latency_ratio()),
+                "monitor": m,
                 "name": p.target.name,
                 "host": p.target.host,
                 "port": p.target.port,
@@ -91,6 +99,8 @@ pub fn metrics_text(shared: &Shared) -> String {
             p.stats.connect_errors.load(Ordering::Relaxed)
         );
     }
+
+    monitor_text(shared, &mut out);
 
     let counters: std::collections::HashMap<_, _> = shared.recorder.totals().into_iter().collect();
     let _ = writeln!(
@@ -176,4 +186,72 @@ pub fn metrics_text(shared: &Shared) -> String {
     let _ = writeln!(out, "# TYPE shardcast_analyzer_current_rate gauge");
     out.push_str(&current);
     out
+}
+
+/// The monitor's per-node gauges.
+fn monitor_text(shared: &Shared, out: &mut String) {
+    let samples = shared.monitor.nodes();
+    type Gauge = fn(&crate::monitor::NodeSample) -> Option<f64>;
+    let gauges: [(&str, &str, Gauge); 8] = [
+        (
+            "shardcast_monitor_node_utilization",
+            "Requests/s over capacity_qps",
+            |m| m.utilization,
+        ),
+        (
+            "shardcast_monitor_node_requests_per_second",
+            "Requests/s this proxy routed to the node",
+            |m| Some(m.requests_per_sec),
+        ),
+        (
+            "shardcast_monitor_node_latency_ratio",
+            "Mean latency over the node's idle baseline",
+            |m| m.latency_ratio(),
+        ),
+        (
+            "shardcast_monitor_node_up",
+            "1 if the last sample reached the server",
+            |m| Some(if m.up { 1.0 } else { 0.0 }),
+        ),
+        (
+            "shardcast_monitor_server_commits_per_second",
+            "pg_stat_database commits per second",
+            |m| m.server.as_ref().map(|s| s.commits_per_sec),
+        ),
+        (
+            "shardcast_monitor_server_active_backends",
+            "pg_stat_activity backends running a statement",
+            |m| m.server.as_ref().map(|s| s.active_backends as f64),
+        ),
+        (
+            "shardcast_monitor_server_database_bytes",
+            "pg_database_size",
+            |m| m.server.as_ref().map(|s| s.database_bytes as f64),
+        ),
+        (
+            "shardcast_monitor_host_cpu_busy",
+            "Host CPU busy share (node_exporter)",
+            |m| m.host.as_ref().and_then(|h| h.cpu_busy),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for m in samples.iter() {
+            if let Some(v) = get(m) {
+                let _ = writeln!(out, "{name}{{node=\"{}\"}} {v}", m.name);
+            }
+        }
+    }
+    if let Some(plan) = shared.monitor.last_plan.load().as_ref() {
+        let name = "shardcast_planner_expected_utilization";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Utilization the planner expects over its horizon"
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for n in &plan.nodes {
+            let _ = writeln!(out, "{name}{{node=\"{}\"}} {}", n.name, n.expected);
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! A one-page HTML view: nodes and their pools, migrations with their
+//! A one-page HTML view: nodes with their utilization now and expected,
+//! and their pools; the planner's last decisions; migrations with their
 //! progress bars, each partition's range, owner and request count drawn as
 //! a bar, each partition's recent load as a sparkline beside its forecast;
 //! refreshed every few seconds.
@@ -23,16 +24,48 @@ pub fn render(shared: &Shared, migrations: &[Migration]) -> String {
         "<h1>shardcast</h1><p>routing epoch {}</p><h2>Nodes</h2>",
         table.epoch()
     );
-    html.push_str("<table><tr><th>node</th><th>address</th><th>in use</th><th>idle</th><th>waiting</th><th>connect errors</th></tr>");
-    for p in &shared.pools {
+    let samples = shared.monitor.nodes();
+    let plan = shared.monitor.last_plan.load_full();
+    html.push_str("<p>utilization: green now, orange what the planner expects over its horizon; the line is its threshold</p>");
+    html.push_str("<table><tr><th>node</th><th>address</th><th>req/s</th><th>capacity</th><th style='width:240px'>utilization</th><th>latency ÷ idle</th><th>active</th><th>in use</th><th>idle</th><th>waiting</th><th>connect errors</th></tr>");
+    for (n, p) in shared.pools.iter().enumerate() {
         let s = &p.stats;
+        let m = samples.get(n);
+        let expected = plan
+            .as_ref()
+            .as_ref()
+            .and_then(|pl| pl.nodes.iter().find(|o| o.name == p.target.name))
+            .map(|o| o.expected);
+        let now = m.and_then(|m| m.utilization);
+        let bar = |u: Option<f64>, class: &str| match u {
+            Some(u) => format!(
+                "<div class='bar {class}' style='width:{:.0}px' title='{u:.2}'></div>",
+                (u.min(1.5) * 160.0).max(1.0)
+            ),
+            None => String::new(),
+        };
+        let threshold = shared.config.planner.threshold;
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}:{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}:{}/{}</td><td>{}</td><td>{}</td>\
+             <td style='text-align:left;position:relative'>{}{}<div style='position:absolute;top:0;bottom:0;left:{:.0}px;border-left:1px dashed #000'></div>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&p.target.name),
             esc(&p.target.host),
             p.target.port,
             esc(&p.target.dbname),
+            m.map(|m| format!("{:.0}", m.requests_per_sec)).unwrap_or_default(),
+            m.and_then(|m| m.capacity_qps).map(|c| format!("{c:.0}")).unwrap_or_else(|| "?".into()),
+            bar(now, ""),
+            bar(expected, "w"),
+            8.0 + threshold * 160.0,
+            match (now, expected) {
+                (Some(a), Some(b)) => format!("{a:.2} → {b:.2}"),
+                (Some(a), None) => format!("{a:.2}"),
+                _ => String::new(),
+            },
+            m.and_then(|m| m.latency_ratio()).map(|r| format!("{r:.1}×")).unwrap_or_default(),
+            m.and_then(|m| m.server.as_ref()).map(|s| s.active_backends.to_string()).unwrap_or_else(|| "down".into()),
             s.in_use.load(Ordering::Relaxed),
             s.idle.load(Ordering::Relaxed),
             s.waiting.load(Ordering::Relaxed),
@@ -40,6 +73,20 @@ pub fn render(shared: &Shared, migrations: &[Migration]) -> String {
         );
     }
     html.push_str("</table>");
+    if let Some(pl) = plan.as_ref() {
+        let _ = write!(html, "<h2>Planner ({})</h2>", pl.policy.as_str());
+        if pl.decisions.is_empty() {
+            html.push_str("<p>nothing to do</p>");
+        }
+        html.push_str("<ul>");
+        for d in &pl.decisions {
+            let _ = write!(html, "<li>{}</li>", esc(&d.reason));
+        }
+        for note in &pl.notes {
+            let _ = write!(html, "<li><i>{}</i></li>", esc(note));
+        }
+        html.push_str("</ul>");
+    }
     migrations_table(migrations, &mut html);
     html.push_str("<h2>Partitions</h2><p>green: reads, orange: writes (since start)</p>");
     let load = |id: u32| {

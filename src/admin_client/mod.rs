@@ -84,7 +84,10 @@ impl Request {
     }
 }
 
-mod http;
+pub(crate) mod http;
+mod plan;
+
+pub use plan::plan;
 mod render;
 
 pub use crate::catalog::journal::Migration;

@@ -30,6 +30,8 @@ pub struct PartitionForecast {
     /// The model chosen for the larger of the two series.
     pub model: &'static str,
     pub backtest_mase: f64,
+    /// Requests per second forecast for each bucket up to the horizon.
+    pub path: Vec<f32>,
 }
 
 /// The published forecasts.
@@ -111,6 +113,13 @@ impl Forecaster {
             s.last_writes = t.writes;
             let reads = self.model.observe(&mut s.reads, bucket, r);
             let writes = self.model.observe(&mut s.writes, bucket, w);
+            let mut path = Vec::new();
+            let mut w_path = Vec::new();
+            self.model.path(&s.reads, bucket, &mut path);
+            self.model.path(&s.writes, bucket, &mut w_path);
+            for (a, b) in path.iter_mut().zip(&w_path) {
+                *a += b;
+            }
             let main = if reads.predicted >= writes.predicted {
                 &reads
             } else {
@@ -124,6 +133,7 @@ impl Forecaster {
                 upper_rate: reads.upper + writes.upper,
                 model: main.model,
                 backtest_mase: main.backtest_mase,
+                path,
                 reads,
                 writes,
             });

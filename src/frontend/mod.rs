@@ -55,4 +55,6 @@ pub struct Shared {
     pub two_phase: bool,
     /// The cluster's shared state: routing epochs, migrations, heartbeats.
     pub catalog: Option<crate::catalog::Catalog>,
+    /// Node and partition load samples, and the planner's memory.
+    pub monitor: crate::monitor::Monitor,
 }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub migration_bytes: prometheus::IntCounter,
     /// How long writes to a partition were held at its cut-over.
     pub migration_pause: Histogram,
+    /// What the planner decided, by kind (move, split, merge).
+    pub planner_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -111,8 +113,17 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let planner_decisions = IntCounterVec::new(
+            Opts::new(
+                "shardcast_planner_decisions_total",
+                "What the planner decided (not yet carried out), by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(lat) as Box<dyn prometheus::core::Collector>,
+            Box::new(planner_decisions.clone()),
             Box::new(migration_steps.clone()),
             Box::new(migration_rows.clone()),
             Box::new(migration_bytes.clone()),
@@ -138,6 +149,7 @@ impl Metrics {
             migration_rows,
             migration_bytes,
             migration_pause,
+            planner_decisions,
         }
     }
 

@@ -195,6 +195,11 @@ impl Memory {
         self.moved.insert(partition, (now, from));
     }
 
+    /// Takes the reactive windows from a dry run's memory, not its moves.
+    pub fn keep_windows(&mut self, dry_run: &Memory) {
+        self.over_since = dry_run.over_since.clone();
+    }
+
     /// Forgets partitions that no longer exist (split or merged away).
     pub fn retain(&mut self, alive: impl Fn(PartitionId) -> bool) {
         self.moved.retain(|p, _| alive(*p));
