@@ -133,3 +133,77 @@ fn run_cli(proxy: &Proxy, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// `shardcast calibrate` ramps through the real proxy and writes the
+/// node's capacity into the config, which stays valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calibrate_measures_a_node_and_writes_its_capacity() {
+    let cluster = Cluster::start(2);
+    cluster.on_all("CREATE TABLE accounts (id bigint PRIMARY KEY, balance int)");
+    let proxy = Proxy::builder()
+        .table("accounts", "id", "bigint")
+        .partitions(4)
+        .start(&cluster);
+    let config = proxy.config_path();
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args(["calibrate", "--config", config.to_str().unwrap()])
+            .args([
+                "--node",
+                "n1",
+                "--seconds",
+                "0.5",
+                "--max-clients",
+                "8",
+                "--write",
+            ])
+            .output()
+            .unwrap()
+    });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("1 clients:") && stderr.contains("p99"),
+        "{stderr}"
+    );
+    let qps: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("capacity_qps = "))
+        .expect("the figure is printed")
+        .parse()
+        .unwrap();
+    assert!(qps > 50.0, "{stdout}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cfg = shardcast::config::Config::parse(&text).expect("still a valid config");
+    assert_eq!(cfg.nodes[1].capacity_qps, Some(qps.round()));
+    assert_eq!(cfg.nodes[0].capacity_qps, None);
+    // The node read is the one asked for: n1 saw the statements.
+    let metrics = proxy.admin_get("/metrics");
+    let count = |node: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("shardcast_router_request_duration_seconds_count")
+                    && l.contains(&format!("node=\"{node}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("n1") > 10.0 * count("n0").max(1.0), "{}", count("n1"));
+    // A node that does not exist is named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args([
+            "calibrate",
+            "--config",
+            config.to_str().unwrap(),
+            "--node",
+            "n9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node n9"));
+}

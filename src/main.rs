@@ -145,6 +145,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure a node's capacity through the running proxy: a ramp of point
+    /// selects on keys it owns until p99 latency bends.
+    Calibrate {
+        #[arg(long, default_value = "config/shardcast.toml")]
+        config: PathBuf,
+        /// The node to measure (its `[[nodes]] name`).
+        #[arg(long)]
+        node: String,
+        /// The user the clients connect as.
+        #[arg(long, default_value = "postgres")]
+        user: String,
+        /// Seconds per step of the ramp.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Most clients (the ramp doubles from 1).
+        #[arg(long, default_value_t = 64)]
+        max_clients: usize,
+        /// Write `capacity_qps` into the node's entry in the config.
+        #[arg(long)]
+        write: bool,
+    },
     /// What the planner of a running proxy would do now, and why: each
     /// node's utilization now and expected, and the moves it would make.
     Plan {
@@ -270,6 +291,35 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Migrations { admin, json } => exit(admin_client::list(&admin, json)),
         Cmd::Plan { admin, json } => exit(admin_client::plan(&admin, json)),
+        Cmd::Calibrate {
+            config,
+            node,
+            user,
+            seconds,
+            max_clients,
+            write,
+        } => {
+            use shardcast::monitor::calibrate;
+            let o = calibrate::Options {
+                config,
+                node,
+                user,
+                seconds,
+                max_clients,
+                write,
+            };
+            let rt = runtime(1)?;
+            let (_, capacity) = rt.block_on(calibrate::run(&o))?;
+            println!("capacity_qps = {capacity:.0}");
+            if o.write {
+                println!(
+                    "written to the [[nodes]] entry of {} in {}",
+                    o.node,
+                    o.config.display()
+                );
+            }
+            Ok(())
+        }
     }
 }
 

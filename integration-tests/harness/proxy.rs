@@ -145,6 +145,11 @@ impl Proxy {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// The config file the proxy runs on.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("shardcast.toml")
+    }
+
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/app", self.port)
     }

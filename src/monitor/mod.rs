@@ -13,6 +13,7 @@
 //! sharded table on its node, from a sample). With several proxies each
 //! sees its own requests; the servers' counters see them all.
 
+pub mod calibrate;
 mod exporter;
 pub mod live;
 mod server;
