@@ -147,25 +147,7 @@ enum Cmd {
     },
     /// Measure a node's capacity through the running proxy: a ramp of point
     /// selects on keys it owns until p99 latency bends.
-    Calibrate {
-        #[arg(long, default_value = "config/shardcast.toml")]
-        config: PathBuf,
-        /// The node to measure (its `[[nodes]] name`).
-        #[arg(long)]
-        node: String,
-        /// The user the clients connect as.
-        #[arg(long, default_value = "postgres")]
-        user: String,
-        /// Seconds per step of the ramp.
-        #[arg(long, default_value_t = 2.0)]
-        seconds: f64,
-        /// Most clients (the ramp doubles from 1).
-        #[arg(long, default_value_t = 64)]
-        max_clients: usize,
-        /// Write `capacity_qps` into the node's entry in the config.
-        #[arg(long)]
-        write: bool,
-    },
+    Calibrate(shardcast::monitor::calibrate::Options),
     /// What the planner of a running proxy would do now, and why: each
     /// node's utilization now and expected, and the moves it would make.
     Plan {
@@ -291,23 +273,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Migrations { admin, json } => exit(admin_client::list(&admin, json)),
         Cmd::Plan { admin, json } => exit(admin_client::plan(&admin, json)),
-        Cmd::Calibrate {
-            config,
-            node,
-            user,
-            seconds,
-            max_clients,
-            write,
-        } => {
+        Cmd::Calibrate(o) => {
             use shardcast::monitor::calibrate;
-            let o = calibrate::Options {
-                config,
-                node,
-                user,
-                seconds,
-                max_clients,
-                write,
-            };
             let rt = runtime(1)?;
             let (_, capacity) = rt.block_on(calibrate::run(&o))?;
             println!("capacity_qps = {capacity:.0}");

@@ -157,25 +157,31 @@ pub fn submit(admin: &str, request: &Request, wait: bool) -> i32 {
     }
 }
 
-/// `migrations`: the latest migrations as a table, or the API's JSON as is.
-pub fn list(admin: &str, json: bool) -> i32 {
-    let admin = match Admin::parse(admin) {
-        Ok(a) => a,
-        Err(e) => return fail(&e),
-    };
-    let response = match admin.call("GET", "/api/migrations", None) {
-        Ok(r) => r,
-        Err(e) => return fail(&e.to_string()),
-    };
+/// GETs `path` from the admin API; with `json` prints the body as it is.
+/// `Err` holds the exit code when nothing is left to do (printed, or failed).
+fn get_or_print(admin: &str, path: &str, json: bool) -> Result<Vec<u8>, i32> {
+    let admin = Admin::parse(admin).map_err(|e| fail(&e))?;
+    let response = admin
+        .call("GET", path, None)
+        .map_err(|e| fail(&e.to_string()))?;
     if let Some(e) = response.error() {
-        return fail(&e.to_string());
+        return Err(fail(&e.to_string()));
     }
     if json {
         let body = String::from_utf8_lossy(&response.body);
         let _ = writeln!(std::io::stdout(), "{}", body.trim_end());
-        return EXIT_OK;
+        return Err(EXIT_OK);
     }
-    match serde_json::from_slice::<Vec<Migration>>(&response.body) {
+    Ok(response.body)
+}
+
+/// `migrations`: the latest migrations as a table, or the API's JSON as is.
+pub fn list(admin: &str, json: bool) -> i32 {
+    let body = match get_or_print(admin, "/api/migrations", json) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    match serde_json::from_slice::<Vec<Migration>>(&body) {
         Ok(list) => {
             let _ = write!(std::io::stdout(), "{}", render_table(&list));
             EXIT_OK

@@ -6,26 +6,14 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use super::{fail, Admin, EXIT_OK};
+use super::{fail, get_or_print, EXIT_OK};
 
 pub fn plan(admin: &str, json: bool) -> i32 {
-    let admin = match Admin::parse(admin) {
-        Ok(a) => a,
-        Err(e) => return fail(&e),
+    let body = match get_or_print(admin, "/api/plan", json) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let response = match admin.call("GET", "/api/plan", None) {
-        Ok(r) => r,
-        Err(e) => return fail(&e.to_string()),
-    };
-    if let Some(e) = response.error() {
-        return fail(&e.to_string());
-    }
-    if json {
-        let body = String::from_utf8_lossy(&response.body);
-        let _ = writeln!(std::io::stdout(), "{}", body.trim_end());
-        return EXIT_OK;
-    }
-    match serde_json::from_slice::<Value>(&response.body) {
+    match serde_json::from_slice::<Value>(&body) {
         Ok(v) => {
             let _ = write!(std::io::stdout(), "{}", render(&v));
             EXIT_OK

@@ -25,12 +25,25 @@ const BEND: f64 = 2.0;
 /// A step must add this much throughput to count as growth.
 const GROWTH: f64 = 1.05;
 
+/// `shardcast calibrate`'s flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    #[arg(long, default_value = "config/shardcast.toml")]
     pub config: std::path::PathBuf,
+    /// The node to measure (its `[[nodes]] name`).
+    #[arg(long)]
     pub node: String,
+    /// The user the clients connect as.
+    #[arg(long, default_value = "postgres")]
     pub user: String,
+    /// Seconds per step of the ramp.
+    #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Most clients (the ramp doubles from 1).
+    #[arg(long, default_value_t = 64)]
     pub max_clients: usize,
+    /// Write `capacity_qps` into the node's entry in the config.
+    #[arg(long)]
     pub write: bool,
 }
 

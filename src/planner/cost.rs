@@ -111,18 +111,12 @@ impl Model {
     ) -> Cost {
         match target {
             Some(t) => self.price_move(bytes / 2, load / 2.0, source, t),
-            None => Cost {
-                bytes: 0,
-                copy_secs: 0.0,
-                pause_secs: self.pause_secs,
-                source_extra: 0.0,
-                target_extra: 0.0,
-                benefit: 0.0,
-            },
+            None => self.price_merge(),
         }
     }
 
-    /// Prices merging two adjacent partitions on one node: catalog only.
+    /// Prices merging two adjacent partitions on one node (or splitting
+    /// one in place): a catalog change, no copy.
     pub fn price_merge(&self) -> Cost {
         Cost {
             bytes: 0,
@@ -133,27 +127,6 @@ impl Model {
             benefit: 0.0,
         }
     }
-}
-
-/// Linear interpolation of a load between now (`current`) and the horizon
-/// (`expected`) at `secs` ahead: when a rise would cross a line.
-pub fn load_at(current: f64, expected: f64, secs: f64, horizon: f64) -> f64 {
-    if horizon <= 0.0 {
-        return expected;
-    }
-    current + (expected - current) * (secs / horizon).clamp(0.0, 1.0)
-}
-
-/// Seconds until a load going linearly from `current` to `expected` over
-/// `horizon` crosses `line`: 0 if already over, None if it never does.
-pub fn crossing_secs(current: f64, expected: f64, line: f64, horizon: f64) -> Option<f64> {
-    if current > line {
-        return Some(0.0);
-    }
-    if expected <= line || expected <= current {
-        return None;
-    }
-    Some(horizon * (line - current) / (expected - current))
 }
 
 #[cfg(test)]
@@ -223,15 +196,5 @@ mod tests {
         assert_eq!(moved.bytes, 1 << 29);
         assert!(moved.benefit > 0.0);
         assert_eq!(m.price_merge().bytes, 0);
-    }
-
-    #[test]
-    fn crossing_and_interpolation() {
-        assert_eq!(crossing_secs(0.9, 1.0, 0.8, 600.0), Some(0.0));
-        assert_eq!(crossing_secs(0.5, 0.7, 0.8, 600.0), None);
-        let t = crossing_secs(0.6, 1.0, 0.8, 600.0).unwrap();
-        assert!((t - 300.0).abs() < 1e-9);
-        assert!((load_at(0.6, 1.0, 300.0, 600.0) - 0.8).abs() < 1e-9);
-        assert_eq!(load_at(0.6, 1.0, 9000.0, 600.0), 1.0);
     }
 }
