@@ -127,17 +127,8 @@ impl Session {
         };
         let (msgs, decisions, commands) = match ready {
             Ok(()) => (&decoded.msgs, &decoded.decisions, &decoded.commands),
-            Err(e @ FrontendError::Moved { .. }) => return Err(e),
-            Err(e) if !e.is_fatal() => {
-                // As PostgreSQL: an error, then everything up to Sync is skipped.
-                self.report(&e);
-                if ends_with_sync {
-                    self.write(&ready_for_query(self.status()));
-                } else {
-                    self.skip_to_sync().await?;
-                }
-                return Ok(());
-            }
+            // The session reports it; after a Flush, the rest of the
+            // pipeline is skipped to its Sync (see `pipeline`).
             Err(e) => return Err(e),
         };
         if !self.joined.is_empty()
@@ -158,10 +149,14 @@ impl Session {
             {
                 self.tx = Tx::None;
                 self.answer_locally(msgs, "ROLLBACK");
-            } else {
-                self.failed_tx_error();
+                return Ok(());
             }
-            return Ok(());
+            return Err(FrontendError::route(
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into(),
+                "end it with ROLLBACK".into(),
+            ));
         }
         if self.attached.is_none() && commands.len() == 1 {
             let tag = match (&self.tx, commands[0]) {
@@ -229,26 +224,26 @@ impl Session {
                     .await;
                 self.tx = tx;
                 self.release_if_idle();
-                r?;
+                self.skip_after(r?, ends_with_sync);
                 return Ok(());
             }
         }
         let decision = combine(decisions)?;
-        self.execute(decision, Work::Batch(msgs, ends_with_sync), started, None)
+        let outcome = self
+            .execute(decision, Work::Batch(msgs, ends_with_sync), started, None)
             .await?;
+        self.skip_after(outcome, ends_with_sync);
         Ok(())
     }
 
-    /// Drops client messages up to and including the next Sync, then answers it.
-    async fn skip_to_sync(&mut self) -> Result<(), FrontendError> {
-        self.flush().await?;
-        while let Some(f) = self.read_frame().await? {
-            if f.tag == b'S' {
-                self.write(&ready_for_query(self.status()));
-                return Ok(());
-            }
+    /// A server's error in a round that ended with Flush: that server now
+    /// skips to Sync, and so does the session.
+    fn skip_after(&mut self, outcome: super::execute::Outcome, ends_with_sync: bool) {
+        if outcome.error && !ends_with_sync {
+            self.pipeline = super::pipeline::Pipeline::Skipping {
+                server_failed: true,
+            };
         }
-        Ok(())
     }
 
     fn decode_batch(

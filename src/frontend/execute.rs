@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use super::batch::{build_batch, Msg};
 use super::error::FrontendError;
 use super::exchange::{Exchange, Expect, Item, Until};
+use super::pipeline::{sync_pipeline, IN_PIPELINE};
 use super::route::{Decision, Dest};
 use super::session::{Session, Tx, FLUSH_AT};
 use crate::analyzer::{Request, RequestKind};
@@ -250,7 +251,7 @@ impl Session {
                     match z {
                         Some(z) => self.write(&z),
                         // After a Flush the server owes a Sync: not poolable yet.
-                        None => conn.status = b'?',
+                        None => conn.status = IN_PIPELINE,
                     }
                     return Ok((rows, error));
                 }
@@ -313,6 +314,16 @@ impl Session {
         let mut conns = self.every_node().await?;
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
         let mut result = self.fanout_run(&mut conns, works, gid).await;
+        if result.is_ok() {
+            // A round that ended with Flush: end each node's part of the
+            // pipeline now, so that the connections can be pooled (a
+            // statement on every node is its own unit of work).
+            for c in conns.iter_mut().filter(|c| c.status == IN_PIPELINE) {
+                if let Err(e) = sync_pipeline(c, false).await {
+                    result = Err(e.into());
+                }
+            }
+        }
         self.set_cancel(&[]);
         if let Some(gid) = gid {
             result = self.finish_two_phase(&mut conns, works, gid, result).await;
@@ -399,6 +410,10 @@ impl Session {
                         }
                         Item::Done(z) => {
                             done[i] = true;
+                            if z.is_none() {
+                                // After a Flush the server owes a Sync.
+                                conns[i].status = IN_PIPELINE;
+                            }
                             if i == lead {
                                 last_z = z;
                             }

@@ -15,6 +15,7 @@ pub mod exchange;
 pub mod execute;
 pub mod merged;
 pub mod multiwrite;
+pub mod pipeline;
 pub mod route;
 pub mod session;
 pub mod settings;

@@ -12,6 +12,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::batch::Prepared;
 use super::cancel::{CancelSlot, CancelTarget};
 use super::error::FrontendError;
+use super::pipeline::IN_PIPELINE;
 use super::settings::Settings;
 use super::Shared;
 use crate::analyzer::recorder::SourceId;
@@ -70,6 +71,8 @@ pub struct Session {
     /// Flushes to the client so far: a unit of work can be run again only
     /// if nothing of its reply has left.
     pub(super) flushes: u64,
+    /// Whether an error ended the running pipeline before its Sync.
+    pub(super) pipeline: super::pipeline::Pipeline,
 }
 
 /// Flush to the client once this much output is buffered.
@@ -106,6 +109,7 @@ impl Session {
             exchange: Default::default(),
             moved: false,
             flushes: 0,
+            pipeline: Default::default(),
             settings,
             cancel,
             source,
@@ -126,7 +130,14 @@ impl Session {
                     return Err(e);
                 }
             };
+            let tag = f.tag;
             let r = match f.tag {
+                // After an error, as a server: nothing runs until Sync.
+                b'S' if self.skipping() => {
+                    self.sync_skipped().await;
+                    Ok(())
+                }
+                b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping() => Ok(()),
                 b'Q' => {
                     let mut tries = 0;
                     loop {
@@ -165,7 +176,7 @@ impl Session {
                     return Err(e);
                 }
                 self.report(&e);
-                self.write(&ready_for_query(self.status()));
+                self.after_error(tag, false).await;
             }
             self.flush().await?;
         }
@@ -188,8 +199,14 @@ impl Session {
             self.set_cancel(&[]);
             return;
         }
+        // A connection inside a pipeline stays: the pipeline's Sync fails
+        // it there (see `pipeline`), as the server would have.
+        let pipelined = self
+            .attached
+            .as_ref()
+            .is_some_and(|c| c.status == IN_PIPELINE);
         let in_tx = self.tx != Tx::None || self.attached.as_ref().is_some_and(|c| c.status != b'I');
-        if in_tx {
+        if in_tx && !pipelined {
             self.tx = Tx::Failed;
             for mut c in self.joined.drain(..) {
                 tokio::spawn(async move {
@@ -305,6 +322,9 @@ impl Session {
 
 /// Ends whatever transaction a connection is in, so it can be pooled again.
 async fn rollback(c: &mut Checkout) -> Result<(), crate::backend::BackendError> {
+    if c.status == IN_PIPELINE {
+        super::pipeline::sync_pipeline(c, true).await?;
+    }
     c.write_all(&crate::protocol::messages::encode_query("ROLLBACK").bytes)
         .await?;
     loop {
