@@ -13,6 +13,7 @@ mod hash_compat;
 mod migration;
 mod migration_faults;
 mod multiwrite;
+mod params;
 mod pipeline;
 mod pooling;
 mod routing;

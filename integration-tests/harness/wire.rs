@@ -215,3 +215,13 @@ pub fn summary(msgs: &[Msg]) -> Vec<String> {
         .map(Msg::summary)
         .collect()
 }
+
+/// The text form of messages with ParameterStatus (application_name aside),
+/// notices left out.
+pub fn summary_with_params(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.tag != b'N')
+        .map(Msg::summary)
+        .filter(|s| !s.starts_with("S application_name="))
+        .collect()
+}

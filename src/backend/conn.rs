@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::protocol::framing::Reader;
 use crate::protocol::messages::parse_error;
+use crate::protocol::params::ParamSet;
 use crate::protocol::startup::encode_startup;
 use crate::protocol::{try_frame, Frame, ProtocolError};
 
@@ -90,8 +91,9 @@ pub struct ServerConn {
     pub pid: i32,
     pub secret: i32,
     pub addr: std::sync::Arc<str>,
-    /// ParameterStatus values the server reported at startup.
-    pub params: Vec<(String, String)>,
+    /// The reported parameters' values, as the server last reported them
+    /// (every ParameterStatus read is recorded, forwarded or not).
+    pub params: ParamSet,
     /// Proxy-named prepared statements that exist on this connection.
     pub prepared: HashSet<u64>,
     /// Fingerprint of the client session settings applied here (0 = defaults).
@@ -132,7 +134,7 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             addr: addr.into(),
-            params: Vec::new(),
+            params: ParamSet::default(),
             prepared: HashSet::new(),
             session: 0,
             reusable: true,
@@ -149,12 +151,6 @@ impl ServerConn {
         loop {
             let f = conn.read_frame().await?;
             match f.tag {
-                b'S' => {
-                    let mut r = Reader::new(b'S', f.body());
-                    if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
-                        conn.params.push((k.to_string(), v.to_string()));
-                    }
-                }
                 b'K' => {
                     let mut r = Reader::new(b'K', f.body());
                     conn.pid = r.i32().unwrap_or(0);
@@ -306,6 +302,7 @@ impl ServerConn {
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
             if let Some(f) = self.buffered_frame()? {
+                self.params.observe(&f);
                 return Ok(f);
             }
             let n = self

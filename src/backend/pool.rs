@@ -117,7 +117,10 @@ impl Pool {
     /// Connects once to check the node is reachable; the connection is kept.
     pub async fn warm_up(self: &Arc<Self>) -> Result<Vec<(String, String)>, BackendError> {
         let c = self.checkout().await?;
-        Ok(c.params.clone())
+        Ok(c.params
+            .pairs()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     /// Closes idle connections (e.g. after a node restarts).

@@ -135,7 +135,15 @@ impl Session {
             && commands.len() == 1
             && matches!(commands[0], Command::Commit | Command::Rollback)
         {
-            match self.end_spanning(commands[0] == Command::Commit).await? {
+            let was_failed = self.status() == b'E';
+            let ended = self.end_spanning(commands[0] == Command::Commit).await?;
+            let how = if ended == Some("COMMIT") {
+                Command::Commit
+            } else {
+                Command::Rollback
+            };
+            self.settle_settings(None, &[how], true, was_failed, false);
+            match ended {
                 Some(tag) => self.answer_locally(msgs, tag),
                 None => self.write(&ready_for_query(self.status())),
             }
@@ -148,6 +156,7 @@ impl Session {
                     .all(|c| matches!(c, Command::Commit | Command::Rollback))
             {
                 self.tx = Tx::None;
+                self.end_local_tx(false).await;
                 self.answer_locally(msgs, "ROLLBACK");
                 return Ok(());
             }
@@ -177,6 +186,7 @@ impl Session {
             if let Some(tag) = tag {
                 if tag != "BEGIN" {
                     self.tx = Tx::None;
+                    self.end_local_tx(tag == "COMMIT").await;
                 }
                 self.answer_locally(msgs, tag);
                 return Ok(());
@@ -229,9 +239,32 @@ impl Session {
             }
         }
         let decision = combine(decisions)?;
+        // SET, RESET, DISCARD through the extended protocol follow the
+        // client as the simple protocol's do.
+        let plan = if commands
+            .iter()
+            .any(|c| matches!(c, Command::Set | Command::Reset | Command::Other))
+        {
+            let sqls = msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            });
+            self.plan_settings(sqls, commands.contains(&Command::Begin))
+        } else {
+            None
+        };
+        let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
-            .execute(decision, Work::Batch(msgs, ends_with_sync), started, None)
+            .execute(
+                decision,
+                Work::Batch(msgs, ends_with_sync),
+                started,
+                plan.as_ref().map(|p| p.session_after()),
+            )
             .await?;
+        if plan.is_some() || was_in_tx {
+            self.settle_settings(plan, commands, was_in_tx, was_failed, outcome.error);
+        }
         self.skip_after(outcome, ends_with_sync);
         Ok(())
     }
@@ -434,7 +467,7 @@ impl Session {
                     b'D' => self.write(&no_data()),
                     b'E' => self.write(&command_complete(tag)),
                     b'C' => self.write(&close_complete()),
-                    b'S' => self.write(&ready_for_query(self.status())),
+                    b'S' => self.ready_now(),
                     _ => {}
                 },
             }

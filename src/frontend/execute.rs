@@ -13,6 +13,7 @@ use super::exchange::{Exchange, Expect, Item, Until};
 use super::pipeline::{sync_pipeline, IN_PIPELINE};
 use super::route::{Decision, Dest};
 use super::session::{Session, Tx, FLUSH_AT};
+use super::settings::UNKNOWN;
 use crate::analyzer::{Request, RequestKind};
 use crate::backend::{Checkout, ServerConn};
 use crate::catalog::twophase;
@@ -192,7 +193,9 @@ impl Session {
     /// session settings, and a deferred BEGIN with its queued statements.
     pub(super) fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
         let fp = self.settings.fingerprint();
-        if conn.session != fp {
+        // Only between transactions: inside one the connection is the
+        // client's own and carries whatever it SET there.
+        if conn.session != fp && conn.status == b'I' {
             out.extend_from_slice(&encode_query(&self.settings.sync_sql()).bytes);
             ex.push(Expect::swallow(Until::Query));
             conn.session = fp;
@@ -202,9 +205,15 @@ impl Session {
             self.begin_here(out, ex);
         }
         if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
+            self.told_in_tx = false;
             for sql in &prelude {
                 out.extend_from_slice(&encode_query(sql).bytes);
                 ex.push(Expect::swallow(Until::Query));
+            }
+            if prelude.len() > 1 {
+                // Deferred SETs: what the connection carries after the
+                // transaction depends on how it ends.
+                conn.session = UNKNOWN;
             }
             // Kept for nodes that join the transaction later.
             self.tx_begin = prelude;
@@ -249,7 +258,10 @@ impl Session {
                 }
                 Item::Done(z) => {
                     match z {
-                        Some(z) => self.write(&z),
+                        Some(z) => {
+                            self.report_params(conn);
+                            self.write(&z)
+                        }
                         // After a Flush the server owes a Sync: not poolable yet.
                         None => conn.status = IN_PIPELINE,
                     }
@@ -444,6 +456,7 @@ impl Session {
         }
         // With two-phase commit the ReadyForQuery waits for the outcome.
         if last_z.is_some() && gid.is_none() {
+            self.report_params(&conns[lead]);
             self.write(&ready_for_query(super::spanning::status_of(conns)));
         }
         Ok(Outcome { error: failed })

@@ -16,6 +16,7 @@ pub mod execute;
 pub mod merged;
 pub mod multiwrite;
 pub mod pipeline;
+pub mod reported;
 pub mod route;
 pub mod session;
 pub mod settings;

@@ -83,6 +83,10 @@ impl Session {
             // The connection and its transaction are gone: say so.
             self.report(&FrontendError::Backend(e));
         }
+        if let Some(c) = self.attached.take() {
+            self.report_params(&c);
+            self.attached = Some(c);
+        }
         self.write(&ready_for_query(self.status()));
         self.release_if_idle();
     }

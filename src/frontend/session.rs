@@ -18,6 +18,7 @@ use super::Shared;
 use crate::analyzer::recorder::SourceId;
 use crate::backend::Checkout;
 use crate::protocol::messages::{error_response, ready_for_query};
+use crate::protocol::params::ParamSet;
 use crate::protocol::{sqlstate, try_frame, Frame};
 
 /// The proxy's view of the client's transaction.
@@ -62,6 +63,14 @@ pub struct Session {
     pub(super) sbuf: BytesMut,
     pub(super) exchange: super::exchange::Exchange,
     pub(super) settings: Settings,
+    /// Settings as they will be if the running transaction commits.
+    pub(super) pending: Option<Settings>,
+    /// The reported parameters' values as the client was told them.
+    pub(super) reported: ParamSet,
+    /// The running deferred transaction reported a parameter change.
+    pub(super) told_in_tx: bool,
+    /// ParameterStatus for the proxy's next own ReadyForQuery.
+    pub(super) held_reports: Vec<Frame>,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
@@ -86,6 +95,7 @@ impl Session {
         wr: OwnedWriteHalf,
         rbuf: BytesMut,
         settings: Settings,
+        reported: ParamSet,
         cancel: CancelSlot,
         source: SourceId,
     ) -> Self {
@@ -111,6 +121,10 @@ impl Session {
             flushes: 0,
             pipeline: Default::default(),
             settings,
+            pending: None,
+            reported,
+            told_in_tx: false,
+            held_reports: Vec::new(),
             cancel,
             source,
         }
@@ -260,6 +274,8 @@ impl Session {
 
     #[inline]
     pub(super) fn write(&mut self, f: &Frame) {
+        // What the client is told of parameters, whoever tells it.
+        self.reported.observe(f);
         self.wbuf.extend_from_slice(&f.bytes);
     }
 
