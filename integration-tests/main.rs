@@ -16,5 +16,6 @@ mod multiwrite;
 mod params;
 mod pipeline;
 mod pooling;
+mod prepared;
 mod routing;
 mod transactions;

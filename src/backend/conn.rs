@@ -103,7 +103,15 @@ pub struct ServerConn {
     pub reusable: bool,
     /// The status of the last ReadyForQuery: `I`, `T` or `E`.
     pub status: u8,
+    /// Proxy-named statements the server refused to run because a schema
+    /// change altered their result type: dropped on the server before the
+    /// connection's next use, so that the client's re-prepare makes a
+    /// fresh plan, as it would on a server.
+    pub stale: Vec<u64>,
 }
+
+/// The server's words when a schema change invalidated a prepared plan.
+pub const PLAN_CHANGED: &str = "cached plan must not change result type";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -139,6 +147,7 @@ impl ServerConn {
             session: 0,
             reusable: true,
             status: b'I',
+            stale: Vec::new(),
         };
         let startup = encode_startup(&[
             ("user", &t.user),
@@ -298,11 +307,34 @@ impl ServerConn {
         self.read_frame().await
     }
 
+    /// `DISCARD ALL` and `DEALLOCATE ALL` drop the statements the proxy
+    /// prepared here.
+    #[cold]
+    fn note_command(&mut self, f: &Frame) {
+        let tag = crate::protocol::messages::command_tag(f);
+        if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" {
+            self.prepared.clear();
+        }
+    }
+
+    /// A statement's plan no longer fits the schema (see `stale`).
+    #[cold]
+    pub fn plan_changed(&mut self, id: u64) {
+        self.prepared.remove(&id);
+        if !self.stale.contains(&id) {
+            self.stale.push(id);
+        }
+    }
+
     /// The next frame, reading from the socket as needed.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
             if let Some(f) = self.buffered_frame()? {
-                self.params.observe(&f);
+                match f.tag {
+                    b'S' => self.params.observe(&f),
+                    b'C' if f.body().first() == Some(&b'D') => self.note_command(&f),
+                    _ => {}
+                }
                 return Ok(f);
             }
             let n = self

@@ -58,6 +58,11 @@ pub enum Msg {
     },
 }
 
+/// The name a statement has on every server connection.
+pub fn server_name(id: u64) -> String {
+    format!("sc_{id:016x}")
+}
+
 fn statement_id(sql: &str, types: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     sql.hash(&mut h);
@@ -321,7 +326,7 @@ impl Session {
                             ));
                         }
                         let id = statement_id(p.query, p.param_types);
-                        let server_name = format!("sc_{id:016x}");
+                        let server_name = server_name(id);
                         let s = Arc::new(Prepared {
                             id,
                             parse: encode_parse(&server_name, p.query, p.param_types),
@@ -499,18 +504,19 @@ pub fn build_batch(msgs: &[Msg], conn: &ServerConn, out: &mut BytesMut, ex: &mut
                     until: Until::Parse,
                     action: Action::Forward,
                     prepares: Some(stmt.id),
+                    uses: None,
                 });
                 b.here.push(stmt.id);
             }
             Msg::Bind { stmt, frame } => {
                 b.ensure(stmt, out, ex);
                 out.extend_from_slice(&frame.bytes);
-                ex.push(Expect::forward(Until::Bind));
+                ex.push(Expect::forward(Until::Bind).using(stmt.id));
             }
             Msg::DescribeStmt(stmt) => {
                 b.ensure(stmt, out, ex);
                 out.extend_from_slice(&encode_target(b'D', b'S', &stmt.server_name).bytes);
-                ex.push(Expect::forward(Until::Describe));
+                ex.push(Expect::forward(Until::Describe).using(stmt.id));
             }
             Msg::CloseStmt => ex.push(Expect::synth(vec![close_complete()])),
             Msg::Raw { frame, until } => {
@@ -550,6 +556,7 @@ impl Builder<'_> {
                 until: Until::Parse,
                 action: Action::Swallow,
                 prepares: Some(stmt.id),
+                uses: None,
             });
             self.here.push(stmt.id);
         }

@@ -45,6 +45,9 @@ pub struct Expect {
     /// For Parse entries: the proxy-wide statement id that exists on the
     /// server once ParseComplete arrives.
     pub prepares: Option<u64>,
+    /// For Bind and Describe entries: the proxy-named statement they use
+    /// (its plan may turn out stale).
+    pub uses: Option<u64>,
 }
 
 impl Expect {
@@ -53,13 +56,21 @@ impl Expect {
             until,
             action: Action::Forward,
             prepares: None,
+            uses: None,
         }
+    }
+
+    /// Marks an entry that uses a proxy-named statement (not the unnamed one).
+    pub fn using(mut self, id: u64) -> Self {
+        self.uses = (id != 0).then_some(id);
+        self
     }
     pub fn swallow(until: Until) -> Self {
         Self {
             until,
             action: Action::Swallow,
             prepares: None,
+            uses: None,
         }
     }
     pub fn synth(frames: Vec<Frame>) -> Self {
@@ -67,6 +78,7 @@ impl Expect {
             until: Until::Parse,
             action: Action::Synth(frames),
             prepares: None,
+            uses: None,
         }
     }
 }
@@ -155,9 +167,13 @@ impl Exchange {
                 return Ok(Item::Done(None));
             };
             let (until, forward) = (head.until, matches!(head.action, Action::Forward));
+            let uses = head.uses;
             let f = conn.read_frame().await?;
             let tag = f.tag;
             if tag == b'E' && until != Until::Query && until != Until::Ready {
+                if let Some(id) = uses {
+                    note_plan_changed(conn, id, &f);
+                }
                 // Extended protocol: the server skips everything up to Sync.
                 while let Some(e) = self.queue.front() {
                     if e.until == Until::Ready {
@@ -191,5 +207,15 @@ impl Exchange {
                 return Ok(Item::Msg(f));
             }
         }
+    }
+}
+
+/// A Bind or Describe failed because a schema change altered the
+/// statement's result type: the server's statement must be made anew.
+#[cold]
+fn note_plan_changed(conn: &mut ServerConn, id: u64, f: &Frame) {
+    let e = crate::protocol::messages::parse_error(f);
+    if e.code == "0A000" && e.message == crate::backend::conn::PLAN_CHANGED {
+        conn.plan_changed(id);
     }
 }

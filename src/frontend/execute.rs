@@ -191,7 +191,10 @@ impl Session {
 
     /// What a connection needs before the client's work: the client's
     /// session settings, and a deferred BEGIN with its queued statements.
-    pub(super) fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+    pub(super) fn prelude(&mut self, conn: &mut Checkout, out: &mut BytesMut, ex: &mut Exchange) {
+        if !conn.stale.is_empty() && conn.status == b'I' {
+            drop_stale(conn, out, ex);
+        }
         let fp = self.settings.fingerprint();
         // Only between transactions: inside one the connection is the
         // client's own and carries whatever it SET there.
@@ -461,6 +464,19 @@ impl Session {
         }
         Ok(Outcome { error: failed })
     }
+}
+
+/// Drops statements whose plans a schema change invalidated (see
+/// `ServerConn::stale`).
+#[cold]
+fn drop_stale(conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+    let sql: Vec<String> = conn
+        .stale
+        .drain(..)
+        .map(|id| format!("DEALLOCATE {}", super::batch::server_name(id)))
+        .collect();
+    out.extend_from_slice(&encode_query(&sql.join("; ")).bytes);
+    ex.push(Expect::swallow(Until::Query));
 }
 
 /// A node's fence error as the client sees it: a serialization failure,

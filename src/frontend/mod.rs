@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod cancel;
 pub mod copy;
+pub mod deallocate;
 pub mod error;
 pub mod exchange;
 pub mod execute;

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use super::deallocate::{is_discard_all, parse_deallocate};
 use super::error::FrontendError;
 use super::execute::Work;
 use smallvec::SmallVec;
@@ -84,6 +85,14 @@ impl Session {
             self.failed_tx_error();
             return Ok(());
         }
+        let discard = shapes.len() == 1 && is_discard_all(sql);
+        if shapes.len() == 1 && self.status() != b'E' {
+            if let Some(what) = parse_deallocate(sql) {
+                if self.deallocate(what) {
+                    return Ok(());
+                }
+            }
+        }
         if shapes.len() == 1
             && shapes[0].command == Command::Copy
             && matches!(shapes[0].target, crate::router::Target::AllShards { .. })
@@ -130,6 +139,9 @@ impl Session {
                 plan.as_ref().map(|p| p.session_after()),
             )
             .await?;
+        if discard && !outcome.error {
+            self.forget_statements();
+        }
         if plan.is_some() || was_in_tx {
             let commands: SmallVec<[Command; 4]> = shapes.iter().map(|s| s.command).collect();
             self.settle_settings(plan, &commands, was_in_tx, was_failed, outcome.error);
