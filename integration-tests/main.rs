@@ -13,6 +13,7 @@ mod hash_compat;
 mod migration;
 mod migration_faults;
 mod multiwrite;
+mod notify;
 mod params;
 mod pipeline;
 mod pooling;

@@ -83,12 +83,15 @@ async fn a_schema_change_fails_a_prepared_statement_once_then_it_is_prepared_aga
     let cluster = Cluster::start(1);
     cluster.on_all("CREATE TABLE items (id int PRIMARY KEY, name text)");
     cluster.on_all("INSERT INTO items VALUES (1, 'one')");
-    let proxy = Proxy::builder().pool_size(2).start(&cluster);
+    // One server connection: the clients' statements share it.
+    let proxy = Proxy::builder().pool_size(1).start(&cluster);
     let sql = "SELECT * FROM items WHERE id = $1";
     let direct = cluster.nodes[0].client(&cluster.db).await;
     let client = proxy.client().await;
+    let bystander = proxy.client().await;
     let d = direct.prepare(sql).await.unwrap();
     let p = client.prepare(sql).await.unwrap();
+    let b = bystander.prepare(sql).await.unwrap();
     assert_eq!(client.query(&p, &[&1i32]).await.unwrap()[0].len(), 2);
     direct.query(&d, &[&1i32]).await.unwrap();
     direct
@@ -110,6 +113,13 @@ async fn a_schema_change_fails_a_prepared_statement_once_then_it_is_prepared_aga
         assert_eq!(rows[0].len(), 3);
         assert_eq!(rows[0].get::<_, i32>(2), 7);
     }
+    // A statement prepared before the change stays broken for the client
+    // that prepared it, as its own session's would on a server…
+    let e = bystander.query(&b, &[&1i32]).await.unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().message(), want.message());
+    // …until it prepares it again.
+    let b = bystander.prepare(sql).await.unwrap();
+    assert_eq!(bystander.query(&b, &[&1i32]).await.unwrap()[0].len(), 3);
     let other = proxy.client().await;
     let q = other.prepare(sql).await.unwrap();
     assert_eq!(other.query(&q, &[&1i32]).await.unwrap()[0].len(), 3);

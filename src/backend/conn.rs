@@ -103,15 +103,13 @@ pub struct ServerConn {
     pub reusable: bool,
     /// The status of the last ReadyForQuery: `I`, `T` or `E`.
     pub status: u8,
-    /// Proxy-named statements the server refused to run because a schema
-    /// change altered their result type: dropped on the server before the
-    /// connection's next use, so that the client's re-prepare makes a
-    /// fresh plan, as it would on a server.
-    pub stale: Vec<u64>,
+    /// Proxy-named statements the server reported broken by a schema
+    /// change, for the session to renew (see `frontend::names`).
+    pub broken: Vec<u64>,
+    /// A client's LISTEN ran here (among other statements): undone before
+    /// the next use, as pooled connections must not listen.
+    pub listens: bool,
 }
-
-/// The server's words when a schema change invalidated a prepared plan.
-pub const PLAN_CHANGED: &str = "cached plan must not change result type";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -147,7 +145,8 @@ impl ServerConn {
             session: 0,
             reusable: true,
             status: b'I',
-            stale: Vec::new(),
+            broken: Vec::new(),
+            listens: false,
         };
         let startup = encode_startup(&[
             ("user", &t.user),
@@ -308,21 +307,18 @@ impl ServerConn {
     }
 
     /// `DISCARD ALL` and `DEALLOCATE ALL` drop the statements the proxy
-    /// prepared here.
+    /// prepared here; a `LISTEN` must be undone.
     #[cold]
     fn note_command(&mut self, f: &Frame) {
         let tag = crate::protocol::messages::command_tag(f);
         if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" {
             self.prepared.clear();
         }
-    }
-
-    /// A statement's plan no longer fits the schema (see `stale`).
-    #[cold]
-    pub fn plan_changed(&mut self, id: u64) {
-        self.prepared.remove(&id);
-        if !self.stale.contains(&id) {
-            self.stale.push(id);
+        if tag == "DISCARD ALL" {
+            self.listens = false;
+        }
+        if tag == "LISTEN" {
+            self.listens = true;
         }
     }
 
@@ -332,7 +328,7 @@ impl ServerConn {
             if let Some(f) = self.buffered_frame()? {
                 match f.tag {
                     b'S' => self.params.observe(&f),
-                    b'C' if f.body().first() == Some(&b'D') => self.note_command(&f),
+                    b'C' if matches!(f.body().first(), Some(b'D' | b'L')) => self.note_command(&f),
                     _ => {}
                 }
                 return Ok(f);

@@ -4,11 +4,10 @@
 //!
 //! Named prepared statements are the client's, but server connections are
 //! shared, so each statement gets a proxy-wide name derived from its text and
-//! parameter types (`sc_<hash>`). Whichever connection a Bind lands on, the
+//! parameter types (`sc_<hash>`, see `names`). Whichever connection a Bind lands on, the
 //! Parse is injected first if that connection has not seen it, and its
 //! ParseComplete is swallowed.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +16,8 @@ use bytes::BytesMut;
 use super::error::FrontendError;
 use super::exchange::{Action, Exchange, Expect, Until};
 use super::execute::Work;
+use super::listen::{parse_listen, Listen};
+use super::names::{server_name, statement_id};
 use super::route::{combine, decide, Decision};
 use super::session::{Session, Tx};
 use crate::backend::ServerConn;
@@ -56,18 +57,6 @@ pub enum Msg {
         frame: Frame,
         until: Option<Until>,
     },
-}
-
-/// The name a statement has on every server connection.
-pub fn server_name(id: u64) -> String {
-    format!("sc_{id:016x}")
-}
-
-fn statement_id(sql: &str, types: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sql.hash(&mut h);
-    types.hash(&mut h);
-    h.finish().max(1)
 }
 
 /// A batch decoded for routing; kept by the session and reused, so that a
@@ -172,6 +161,19 @@ impl Session {
                 "end it with ROLLBACK".into(),
             ));
         }
+        if let Some(l) = single_listen(msgs) {
+            // LISTEN/UNLISTEN by the extended protocol: the notifier's.
+            let tag = match l {
+                Listen::Listen(_) => "LISTEN",
+                Listen::Unlisten(_) => "UNLISTEN",
+            };
+            self.apply_listen(l).await?;
+            if ends_with_sync {
+                self.end_open_pipeline().await;
+            }
+            self.answer_locally(msgs, tag);
+            return Ok(());
+        }
         if self.attached.is_none() && commands.len() == 1 {
             let tag = match (&self.tx, commands[0]) {
                 (Tx::None, Command::Begin) => {
@@ -217,17 +219,19 @@ impl Session {
                         }
                 )
             });
-            if !executes && !describes && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. })) {
+            let binds = msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
+            if !executes && !describes && !binds {
                 // Parse/Close only: nothing needs a server yet. The Parse is
                 // sent with the first Bind, on whichever node that lands;
                 // answering here keeps prepare from holding a connection.
                 self.answer_locally(msgs, "");
                 return Ok(());
             }
-            if !executes {
+            if !executes && !binds {
                 // Describe without Execute (a driver's prepare): run it on
                 // any node, outside a deferred transaction so that it does
-                // not pin the transaction to that node.
+                // not pin the transaction to that node. (A Bind makes a
+                // portal, which belongs to the transaction.)
                 let tx = std::mem::replace(&mut self.tx, Tx::None);
                 let r = self
                     .execute(
@@ -258,6 +262,12 @@ impl Session {
         } else {
             None
         };
+        if commands.contains(&Command::Other) {
+            self.note_schema_changes(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
+        }
         let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
             .execute(
@@ -272,6 +282,14 @@ impl Session {
         }
         self.skip_after(outcome, ends_with_sync);
         Ok(())
+    }
+
+    /// Statements prepared after a schema change are new statements on
+    /// the servers too (see `names`).
+    pub(super) fn note_schema_changes<'a>(&self, mut sqls: impl Iterator<Item = &'a str>) {
+        if sqls.any(super::names::changes_schema) {
+            self.shared.renewals.schema_changed();
+        }
     }
 
     /// A server's error in a round that ended with Flush: that server now
@@ -325,7 +343,13 @@ impl Session {
                                 "close it first, or use another name".into(),
                             ));
                         }
-                        let id = statement_id(p.query, p.param_types);
+                        let names = &self.shared.renewals;
+                        let id = names.current(statement_id(
+                            p.query,
+                            p.param_types,
+                            self.settings.fingerprint(),
+                            names.schema_epoch(),
+                        ));
                         let server_name = server_name(id);
                         let s = Arc::new(Prepared {
                             id,
@@ -478,6 +502,19 @@ impl Session {
             }
         }
     }
+}
+
+/// The LISTEN/UNLISTEN a batch binds, if it binds that statement only.
+fn single_listen(msgs: &[Msg]) -> Option<Listen> {
+    let mut binds = msgs.iter().filter_map(|m| match m {
+        Msg::Bind { stmt, .. } => Some(stmt),
+        _ => None,
+    });
+    let stmt = binds.next()?;
+    if binds.next().is_some() {
+        return None;
+    }
+    parse_listen(&stmt.sql)
 }
 
 /// Writes a batch for one server connection: renamed statements, Parses

@@ -203,19 +203,23 @@ impl Exchange {
                     continue;
                 }
             }
-            if forward || tag == b'E' {
+            // Pooled connections' notifications (a client's LISTEN ran on
+            // one) are nobody's: clients get theirs from the notifier.
+            if (forward && tag != b'A') || tag == b'E' {
                 return Ok(Item::Msg(f));
             }
         }
     }
 }
 
-/// A Bind or Describe failed because a schema change altered the
-/// statement's result type: the server's statement must be made anew.
+/// A Bind or Describe failed because a schema change broke the statement:
+/// its result type changed, or a type it names is gone.
 #[cold]
 fn note_plan_changed(conn: &mut ServerConn, id: u64, f: &Frame) {
     let e = crate::protocol::messages::parse_error(f);
-    if e.code == "0A000" && e.message == crate::backend::conn::PLAN_CHANGED {
-        conn.plan_changed(id);
+    let broken = (e.code == "0A000" && e.message == "cached plan must not change result type")
+        || (e.code == "XX000" && e.message.starts_with("cache lookup failed for type"));
+    if broken && !conn.broken.contains(&id) {
+        conn.broken.push(id);
     }
 }

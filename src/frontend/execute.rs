@@ -191,9 +191,12 @@ impl Session {
 
     /// What a connection needs before the client's work: the client's
     /// session settings, and a deferred BEGIN with its queued statements.
-    pub(super) fn prelude(&mut self, conn: &mut Checkout, out: &mut BytesMut, ex: &mut Exchange) {
-        if !conn.stale.is_empty() && conn.status == b'I' {
-            drop_stale(conn, out, ex);
+    pub(super) fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+        if conn.listens && conn.status == b'I' {
+            // Notifications reach clients through the notifier only.
+            out.extend_from_slice(&encode_query("UNLISTEN *").bytes);
+            ex.push(Expect::swallow(Until::Query));
+            conn.listens = false;
         }
         let fp = self.settings.fingerprint();
         // Only between transactions: inside one the connection is the
@@ -260,6 +263,9 @@ impl Session {
                     self.copy_in(conn).await?;
                 }
                 Item::Done(z) => {
+                    if !conn.broken.is_empty() {
+                        self.renew_broken(conn);
+                    }
                     match z {
                         Some(z) => {
                             self.report_params(conn);
@@ -271,6 +277,14 @@ impl Session {
                     return Ok((rows, error));
                 }
             }
+        }
+    }
+
+    /// Statements a server reported broken get new names (see `names`).
+    #[cold]
+    fn renew_broken(&self, conn: &mut ServerConn) {
+        for id in conn.broken.drain(..) {
+            self.shared.renewals.renew(id);
         }
     }
 
@@ -464,19 +478,6 @@ impl Session {
         }
         Ok(Outcome { error: failed })
     }
-}
-
-/// Drops statements whose plans a schema change invalidated (see
-/// `ServerConn::stale`).
-#[cold]
-fn drop_stale(conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
-    let sql: Vec<String> = conn
-        .stale
-        .drain(..)
-        .map(|id| format!("DEALLOCATE {}", super::batch::server_name(id)))
-        .collect();
-    out.extend_from_slice(&encode_query(&sql.join("; ")).bytes);
-    ex.push(Expect::swallow(Until::Query));
 }
 
 /// A node's fence error as the client sees it: a serialization failure,

@@ -14,8 +14,11 @@ pub mod deallocate;
 pub mod error;
 pub mod exchange;
 pub mod execute;
+pub mod listen;
 pub mod merged;
 pub mod multiwrite;
+pub mod names;
+pub mod notify;
 pub mod pipeline;
 pub mod reported;
 pub mod route;
@@ -58,4 +61,8 @@ pub struct Shared {
     pub two_phase: bool,
     /// The cluster's shared state: routing epochs, migrations, heartbeats.
     pub catalog: Option<crate::catalog::Catalog>,
+    /// Prepared statements' texts that need a new server name.
+    pub renewals: names::Renewals,
+    /// The listening connections behind clients' LISTEN.
+    pub notifier: notify::Notifier,
 }

@@ -67,6 +67,23 @@ impl Session {
         self.end_pipeline(server_failed).await;
     }
 
+    /// A Sync the proxy answers itself: a connection still inside the
+    /// pipeline (an earlier round ended with Flush) gets it too, and goes
+    /// back to the pool if idle.
+    pub(super) async fn end_open_pipeline(&mut self) {
+        let mut lost = None;
+        let conns = self.attached.iter_mut().chain(self.joined.iter_mut());
+        for c in conns.filter(|c| c.status == IN_PIPELINE) {
+            if let Err(e) = sync_pipeline(c, false).await {
+                lost = Some(e);
+            }
+        }
+        if let Some(e) = lost {
+            self.report(&FrontendError::Backend(e));
+        }
+        self.release_if_idle();
+    }
+
     /// Ends the pipeline on every connection still inside one (its last
     /// round ended with Flush), failing it there first unless the server
     /// failed already, then answers ReadyForQuery.

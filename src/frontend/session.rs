@@ -37,9 +37,9 @@ pub enum Tx {
 
 pub struct Session {
     pub(super) shared: Arc<Shared>,
-    rd: OwnedReadHalf,
+    pub(super) rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
-    rbuf: BytesMut,
+    pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
     /// The server connection of the running transaction, if any.
     pub(super) attached: Option<Checkout>,
@@ -71,6 +71,12 @@ pub struct Session {
     pub(super) told_in_tx: bool,
     /// ParameterStatus for the proxy's next own ReadyForQuery.
     pub(super) held_reports: Vec<Frame>,
+    /// Channels the client listens on, and its notifications (see `listen`).
+    pub(super) notes: Option<super::listen::Notes>,
+    /// The process id the client was given (BackendKeyData).
+    pub(super) key_pid: i32,
+    /// The process id of the server connection the client last used.
+    pub(super) last_pid: std::sync::atomic::AtomicI32,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
@@ -96,9 +102,10 @@ impl Session {
         rbuf: BytesMut,
         settings: Settings,
         reported: ParamSet,
-        cancel: CancelSlot,
+        cancel: (i32, CancelSlot),
         source: SourceId,
     ) -> Self {
+        let (key_pid, cancel) = cancel;
         Self {
             shared,
             rd,
@@ -125,6 +132,9 @@ impl Session {
             reported,
             told_in_tx: false,
             held_reports: Vec::new(),
+            notes: None,
+            key_pid,
+            last_pid: Default::default(),
             cancel,
             source,
         }
@@ -133,7 +143,7 @@ impl Session {
     /// The query loop; returns when the client leaves or breaks the protocol.
     pub async fn run(mut self) -> Result<(), FrontendError> {
         loop {
-            let f = match self.read_frame().await {
+            let f = match self.next_frame().await {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -307,6 +317,10 @@ impl Session {
 
     /// Points the client's cancel slot at the connections now working for it.
     pub(super) fn set_cancel(&self, conns: &[&Checkout]) {
+        if let Some(c) = conns.first() {
+            self.last_pid
+                .store(c.pid, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut slot = self.cancel.lock();
         slot.clear();
         slot.extend(conns.iter().map(|c| CancelTarget {
@@ -333,6 +347,12 @@ impl Session {
             self.attached = None;
             self.set_cancel(&[]);
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.forget_listens();
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 use super::deallocate::{is_discard_all, parse_deallocate};
 use super::error::FrontendError;
 use super::execute::Work;
+use super::listen::{parse_listen, Listen};
 use smallvec::SmallVec;
 
 use super::route::{combine, decide, Decision};
@@ -66,15 +67,19 @@ impl Session {
                 ));
             }
         }
+        // One statement the proxy may answer itself: not one the analyzer
+        // read among others it has no shape for ("BEGIN; NOTIFY x").
+        let alone = shapes.len() == 1
+            && (!shapes[0].command.needs_no_table() || split_statements(sql).len() == 1);
         if self.attached.is_none()
-            && shapes.len() == 1
+            && alone
             && matches!(self.tx, Tx::Deferred { .. })
             && matches!(shapes[0].command, Command::Set | Command::Reset)
             && self.sets_reported(sql)
         {
             return self.probe_deferred_set(sql).await;
         }
-        if self.attached.is_none() && shapes.len() == 1 {
+        if self.attached.is_none() && alone {
             if let Some(tag) = self.local_transaction_control(shapes[0].command, sql).await {
                 self.write(&command_complete(&tag));
                 self.ready_now();
@@ -84,6 +89,19 @@ impl Session {
         if self.tx == Tx::Failed {
             self.failed_tx_error();
             return Ok(());
+        }
+        if shapes.len() == 1 {
+            if let Some(l) = parse_listen(sql) {
+                return self.listen_command(l).await;
+            }
+        } else if self.notes.is_some() || sql.to_ascii_lowercase().contains("listen") {
+            // LISTEN/UNLISTEN among other statements (a driver's reset):
+            // the subscriptions follow; the server runs them too, harmlessly.
+            for piece in split_statements(sql) {
+                if let Some(l) = parse_listen(piece) {
+                    self.apply_listen(l).await?;
+                }
+            }
         }
         let discard = shapes.len() == 1 && is_discard_all(sql);
         if shapes.len() == 1 && self.status() != b'E' {
@@ -130,6 +148,9 @@ impl Session {
         } else {
             None
         };
+        if shapes.iter().any(|s| s.command == Command::Other) {
+            self.note_schema_changes(split_statements(sql).into_iter());
+        }
         let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
             .execute(
@@ -141,6 +162,7 @@ impl Session {
             .await?;
         if discard && !outcome.error {
             self.forget_statements();
+            self.apply_listen(Listen::Unlisten(None)).await?;
         }
         if plan.is_some() || was_in_tx {
             let commands: SmallVec<[Command; 4]> = shapes.iter().map(|s| s.command).collect();

@@ -108,7 +108,7 @@ pub async fn handle_client(
         buf,
         settings,
         reported,
-        slot,
+        (key.0, slot),
         source,
     )
     .run()
