@@ -15,6 +15,7 @@ mod migration_faults;
 mod multiwrite;
 mod notify;
 mod params;
+mod pinning;
 mod pipeline;
 mod pooling;
 mod prepared;

@@ -268,6 +268,13 @@ impl Session {
                 _ => None,
             }));
         }
+        let pinned = commands
+            .iter()
+            .any(|c| matches!(c, Command::Select | Command::Other))
+            && self.pin_for(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
         let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
             .execute(
@@ -276,7 +283,11 @@ impl Session {
                 started,
                 plan.as_ref().map(|p| p.session_after()),
             )
-            .await?;
+            .await;
+        if pinned && outcome.as_ref().map_or(true, |o| o.error) {
+            self.unpin();
+        }
+        let outcome = outcome?;
         if plan.is_some() || was_in_tx {
             self.settle_settings(plan, commands, was_in_tx, was_failed, outcome.error);
         }

@@ -79,6 +79,7 @@ impl Session {
         // joins the transaction (two-phase commit) or it is refused. Out
         // of line, so this path stays small enough to inline its exchange.
         if self.attached.as_ref().is_some_and(|c| c.node() != node) {
+            self.refuse_other_node(node)?;
             Box::pin(self.swap_in(node)).await?;
         }
         let mut conn = match self.attached.take() {

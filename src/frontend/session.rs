@@ -77,6 +77,9 @@ pub struct Session {
     pub(super) key_pid: i32,
     /// The process id of the server connection the client last used.
     pub(super) last_pid: std::sync::atomic::AtomicI32,
+    /// Why the client keeps its server connection between transactions
+    /// (see `pin`).
+    pub(super) pin: Option<&'static str>,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
@@ -135,6 +138,7 @@ impl Session {
             notes: None,
             key_pid,
             last_pid: Default::default(),
+            pin: None,
             cancel,
             source,
         }
@@ -216,6 +220,8 @@ impl Session {
             // (other nodes' parts are dropped, which rolls them back).
             let had_joined = !self.joined.is_empty();
             self.joined.clear();
+            // Whatever pinned the client died with its connection.
+            self.pin = None;
             self.begin_pending = false;
             if self.attached.take().is_some() || self.tx != Tx::None || had_joined {
                 self.tx = Tx::Failed;
@@ -343,7 +349,10 @@ impl Session {
 
     /// Returns the attached connection to its pool once its transaction ended.
     pub(super) fn release_if_idle(&mut self) {
-        if self.joined.is_empty() && self.attached.as_ref().is_some_and(|c| c.status == b'I') {
+        if self.pin.is_none()
+            && self.joined.is_empty()
+            && self.attached.as_ref().is_some_and(|c| c.status == b'I')
+        {
             self.attached = None;
             self.set_cancel(&[]);
         }

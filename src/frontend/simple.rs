@@ -151,6 +151,10 @@ impl Session {
         if shapes.iter().any(|s| s.command == Command::Other) {
             self.note_schema_changes(split_statements(sql).into_iter());
         }
+        let pinned = shapes
+            .iter()
+            .any(|s| matches!(s.command, Command::Select | Command::Other))
+            && self.pin_for(std::iter::once(sql));
         let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
             .execute(
@@ -159,10 +163,15 @@ impl Session {
                 started,
                 plan.as_ref().map(|p| p.session_after()),
             )
-            .await?;
+            .await;
+        if pinned && outcome.as_ref().map_or(true, |o| o.error) {
+            self.unpin();
+        }
+        let outcome = outcome?;
         if discard && !outcome.error {
             self.forget_statements();
             self.apply_listen(Listen::Unlisten(None)).await?;
+            self.unpin();
         }
         if plan.is_some() || was_in_tx {
             let commands: SmallVec<[Command; 4]> = shapes.iter().map(|s| s.command).collect();
