@@ -6,6 +6,7 @@ mod harness;
 
 mod clients;
 mod copy;
+mod databases;
 mod differential;
 mod failures;
 mod forecast;

@@ -25,6 +25,12 @@ fn deallocations(w: &mut Wire) -> Vec<String> {
     step(w, "parse foo, bar");
     run(w, "foo");
     step(w, "run foo");
+    // SQL EXECUTE of protocol statements, simple and extended.
+    w.query("EXECUTE bar");
+    step(w, "EXECUTE bar");
+    w.pbe("", "EXECUTE foo");
+    w.sync();
+    step(w, "EXECUTE foo (extended)");
     w.query("DEALLOCATE foo");
     step(w, "DEALLOCATE foo");
     run(w, "foo");

@@ -272,6 +272,12 @@ impl ServerConn {
         self.write_all(&Frame::new(b'p', &body).bytes).await
     }
 
+    /// The socket and whatever the server sent that was not read yet (to
+    /// relay a session as it is).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
+    }
+
     pub fn node_name(&self) -> &str {
         &self.node_name
     }
@@ -319,6 +325,34 @@ impl ServerConn {
         }
         if tag == "LISTEN" {
             self.listens = true;
+        }
+    }
+
+    /// Whether the server closed this idle connection (it was terminated,
+    /// or the server restarted): anything readable on an idle connection
+    /// is its goodbye. Costs no system call unless the socket is readable.
+    pub fn server_left(&mut self) -> bool {
+        use futures_util::FutureExt;
+        match self
+            .stream
+            .ready(tokio::io::Interest::READABLE)
+            .now_or_never()
+        {
+            None => false,
+            Some(Err(_)) => true,
+            Some(Ok(r)) if r.is_read_closed() => true,
+            Some(Ok(_)) => {
+                let mut buf = [0u8; 1024];
+                match self.stream.try_read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        self.rbuf.extend_from_slice(&buf[..n]);
+                        // A FATAL ErrorResponse: the server is leaving.
+                        self.rbuf.first() == Some(&b'E')
+                    }
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                }
+            }
         }
     }
 

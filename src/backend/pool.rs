@@ -88,7 +88,16 @@ impl Pool {
                 }
             }
         };
-        let idle = self.idle.lock().pop();
+        let idle = loop {
+            let Some(mut c) = self.idle.lock().pop() else {
+                break None;
+            };
+            if !c.server_left() {
+                break Some(c);
+            }
+            // Terminated while idle: dropped, never handed to a client.
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+        };
         let conn = match idle {
             Some(c) => {
                 self.stats.idle.fetch_sub(1, Ordering::Relaxed);

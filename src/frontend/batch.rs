@@ -288,6 +288,15 @@ impl Session {
             self.unpin();
         }
         let outcome = outcome?;
+        if commands
+            .iter()
+            .any(|c| matches!(c, Command::Select | Command::Other))
+        {
+            self.note_sender(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
+        }
         if plan.is_some() || was_in_tx {
             self.settle_settings(plan, commands, was_in_tx, was_failed, outcome.error);
         }
@@ -328,6 +337,7 @@ impl Session {
         for f in frames.drain(..) {
             match f.tag {
                 b'P' => {
+                    let f = self.execute_parse_of(&f).unwrap_or(f);
                     let p = parse_parse(&f)?;
                     let stmt = if p.name.is_empty() {
                         // Drivers re-send the same unnamed statement; reuse it.

@@ -211,6 +211,17 @@ impl Session {
             self.begin_pending = false;
             self.begin_here(out, ex);
         }
+        if let Some(stmt) = self.ensure_stmt.take() {
+            if !conn.prepared.contains(&stmt.id) {
+                out.extend_from_slice(&stmt.parse.bytes);
+                ex.push(Expect {
+                    until: Until::Parse,
+                    action: super::exchange::Action::Swallow,
+                    prepares: Some(stmt.id),
+                    uses: None,
+                });
+            }
+        }
         if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
             self.told_in_tx = false;
             for sql in &prelude {

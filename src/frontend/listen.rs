@@ -152,6 +152,20 @@ impl Session {
         }
     }
 
+    /// After statements ran: if they may have notified, listeners will see
+    /// this client's pid as the sender (see `Notifier::sent_by`).
+    pub(super) fn note_sender<'a>(&self, mut statements: impl Iterator<Item = &'a str>) {
+        let notifies = |sql: &str| {
+            sql.as_bytes()
+                .windows(6)
+                .any(|w| w.eq_ignore_ascii_case(b"notify"))
+        };
+        if statements.any(notifies) {
+            let pid = self.last_pid.load(Ordering::Relaxed);
+            self.shared.notifier.sent_by(pid, self.key_pid);
+        }
+    }
+
     /// The session ends: its subscriptions go.
     pub(super) fn forget_listens(&mut self) {
         if let Some(notes) = self.notes.take() {

@@ -19,6 +19,7 @@ pub mod merged;
 pub mod multiwrite;
 pub mod names;
 pub mod notify;
+pub mod passthrough;
 pub mod pin;
 pub mod pipeline;
 pub mod reported;

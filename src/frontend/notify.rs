@@ -28,6 +28,11 @@ use crate::protocol::Frame;
 
 type Subscribers = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Frame>)>>>>;
 
+/// Server process id → the process id of the client that last sent a
+/// notification through it, so that listeners see the sender's pid as
+/// that client knows it.
+type Senders = Arc<Mutex<HashMap<i32, i32>>>;
+
 enum Cmd {
     Listen(String, oneshot::Sender<Result<(), String>>),
     Unlisten(String),
@@ -38,6 +43,7 @@ pub struct Notifier {
     targets: Vec<NodeTarget>,
     tasks: Mutex<Vec<Option<mpsc::UnboundedSender<Cmd>>>>,
     subs: Subscribers,
+    senders: Senders,
 }
 
 impl Notifier {
@@ -46,7 +52,18 @@ impl Notifier {
             tasks: Mutex::new(vec![None; targets.len()]),
             targets,
             subs: Arc::default(),
+            senders: Arc::default(),
         }
+    }
+
+    /// A client (`client_pid`) may have sent notifications through the
+    /// server connection `server_pid`.
+    pub fn sent_by(&self, server_pid: i32, client_pid: i32) {
+        let mut senders = self.senders.lock();
+        if senders.len() > 10_000 {
+            senders.clear();
+        }
+        senders.insert(server_pid, client_pid);
     }
 
     fn task(&self, node: usize) -> mpsc::UnboundedSender<Cmd> {
@@ -56,7 +73,12 @@ impl Notifier {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let target = self.targets[node].clone();
-        tokio::spawn(listen_on(target, self.subs.clone(), rx));
+        tokio::spawn(listen_on(
+            target,
+            self.subs.clone(),
+            self.senders.clone(),
+            rx,
+        ));
         tasks[node] = Some(tx.clone());
         tx
     }
@@ -138,7 +160,14 @@ pub fn notification_channel(f: &Frame) -> Option<&str> {
 
 /// One node's listening connection: runs LISTEN/UNLISTEN as sessions ask
 /// and hands out notifications; reconnects (and listens again) when lost.
-async fn listen_on(target: NodeTarget, subs: Subscribers, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+async fn listen_on(
+    target: NodeTarget,
+    subs: Subscribers,
+    senders: Senders,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let hub = (subs, senders);
+    let subs = &hub;
     let mut conn: Option<ServerConn> = None;
     let mut channels: HashSet<String> = HashSet::new();
     info!(node = %target.name, "notification listener started");
@@ -148,7 +177,7 @@ async fn listen_on(target: NodeTarget, subs: Subscribers, mut rx: mpsc::Unbounde
                 Ok(mut c) => {
                     let mut ok = true;
                     for ch in &channels {
-                        ok &= run(&mut c, &format!("LISTEN {}", quoted(ch)), &subs)
+                        ok &= run(&mut c, &format!("LISTEN {}", quoted(ch)), subs)
                             .await
                             .is_ok();
                     }
@@ -164,7 +193,7 @@ async fn listen_on(target: NodeTarget, subs: Subscribers, mut rx: mpsc::Unbounde
                 cmd = rx.recv() => cmd,
                 f = c.read_frame() => {
                     match f {
-                        Ok(f) => dispatch(&f, &subs),
+                        Ok(f) => dispatch(&f, subs),
                         Err(e) => {
                             warn!(node = %target.name, error = %e, "notification listener lost its connection");
                             conn = None;
@@ -195,7 +224,7 @@ async fn listen_on(target: NodeTarget, subs: Subscribers, mut rx: mpsc::Unbounde
             }
         };
         let r = match conn.as_mut() {
-            Some(c) => run(c, &sql, &subs).await,
+            Some(c) => run(c, &sql, subs).await,
             None => Err("cannot connect".to_string()),
         };
         if r.is_err() {
@@ -209,7 +238,7 @@ async fn listen_on(target: NodeTarget, subs: Subscribers, mut rx: mpsc::Unbounde
 
 /// Runs one statement on the listening connection; notifications that
 /// arrive meanwhile are handed out.
-async fn run(c: &mut ServerConn, sql: &str, subs: &Subscribers) -> Result<(), String> {
+async fn run(c: &mut ServerConn, sql: &str, subs: &(Subscribers, Senders)) -> Result<(), String> {
     c.write_all(&encode_query(sql).bytes)
         .await
         .map_err(|e| e.to_string())?;
@@ -225,12 +254,21 @@ async fn run(c: &mut ServerConn, sql: &str, subs: &Subscribers) -> Result<(), St
     }
 }
 
-fn dispatch(f: &Frame, subs: &Subscribers) {
+fn dispatch(f: &Frame, (subs, senders): &(Subscribers, Senders)) {
     if f.tag != b'A' {
         return;
     }
     let Some(channel) = notification_channel(f) else {
         return;
+    };
+    let server_pid = i32::from_be_bytes(f.body()[..4].try_into().expect("4 bytes"));
+    let f = match senders.lock().get(&server_pid) {
+        Some(client_pid) => {
+            let mut body = f.body().to_vec();
+            body[..4].copy_from_slice(&client_pid.to_be_bytes());
+            Frame::new(b'A', &body)
+        }
+        None => f.clone(),
     };
     if let Some(list) = subs.lock().get(channel) {
         for (_, tx) in list {

@@ -80,6 +80,8 @@ pub struct Session {
     /// Why the client keeps its server connection between transactions
     /// (see `pin`).
     pub(super) pin: Option<&'static str>,
+    /// A protocol statement SQL `EXECUTE` needs on the next connection.
+    pub(super) ensure_stmt: Option<Arc<Prepared>>,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
@@ -139,6 +141,7 @@ impl Session {
             key_pid,
             last_pid: Default::default(),
             pin: None,
+            ensure_stmt: None,
             cancel,
             source,
         }

@@ -104,6 +104,11 @@ impl Session {
             }
         }
         let discard = shapes.len() == 1 && is_discard_all(sql);
+        let executes = match shapes.len() == 1 && !self.statements.is_empty() {
+            true => self.execute_sql_of(sql),
+            false => None,
+        };
+        let f = executes.as_ref().unwrap_or(f);
         if shapes.len() == 1 && self.status() != b'E' {
             if let Some(what) = parse_deallocate(sql) {
                 if self.deallocate(what) {
@@ -168,6 +173,12 @@ impl Session {
             self.unpin();
         }
         let outcome = outcome?;
+        if shapes
+            .iter()
+            .any(|s| matches!(s.command, Command::Select | Command::Other))
+        {
+            self.note_sender(std::iter::once(sql));
+        }
         if discard && !outcome.error {
             self.forget_statements();
             self.apply_listen(Listen::Unlisten(None)).await?;

@@ -70,6 +70,11 @@ pub async fn handle_client(
         )
         .await;
     }
+    if database != shared.config.proxy.database && shared.pools.len() == 1 {
+        authenticate(&shared, &mut stream, &mut buf, &user).await?;
+        let params = params.clone();
+        return super::passthrough::pass_through(&shared, stream, buf, &params, &database).await;
+    }
     if database != shared.config.proxy.database {
         let msg = format!(
             "database \"{database}\" does not exist (this proxy serves \"{}\")",
@@ -86,7 +91,12 @@ pub async fn handle_client(
         let client = params
             .iter()
             .find(|(ck, _)| ck.eq_ignore_ascii_case(k) && CLIENT_REPORTED.contains(&k.as_str()));
-        let v = client.map(|(_, cv)| cv.as_str()).unwrap_or(v);
+        // The client's value, as the server would report it: the server's
+        // own spelling when they mean the same.
+        let v = match client {
+            Some((_, cv)) if !super::settings::same_value(k, v, cv) => cv.as_str(),
+            _ => v,
+        };
         out.extend_from_slice(&parameter_status(k, v).bytes);
         reported.set(k, v);
     }
