@@ -196,3 +196,42 @@ fn a_statement_the_proxy_refuses_mid_pipeline_rolls_the_pipeline_back() {
         "the first insert belongs to the failed pipeline's implicit transaction"
     );
 }
+
+#[test]
+fn a_long_pipeline_hears_of_its_error_before_its_sync() {
+    let cluster = Cluster::start(1);
+    cluster.on_all("CREATE TABLE rows (id int PRIMARY KEY, b text)");
+    let proxy = Proxy::builder().start(&cluster);
+    let mut w = Wire::connect(proxy.port, "app");
+    w.parse("ins", "INSERT INTO rows VALUES ($1::int, $2)");
+    let big = "x".repeat(32 * 1024);
+    // The second row breaks the key; a driver's executemany writes on and
+    // must learn it while still writing, as from a server.
+    let mut heard = None;
+    for i in 0..128 {
+        let id = if i < 2 {
+            "1".to_string()
+        } else {
+            i.to_string()
+        };
+        w.bind("", "ins", &[Some(&id), Some(&big)]);
+        w.execute("");
+        if i % 16 == 15 {
+            let got = w.drain(Duration::from_millis(200));
+            if let Some(e) = got.iter().find(|m| m.tag == b'E') {
+                heard = Some((i, e.summary()));
+                break;
+            }
+        }
+    }
+    let (at, error) = heard.expect("the error arrives before the Sync");
+    assert_eq!(error, "E 23505");
+    assert!(at < 127, "heard at row {at}");
+    w.sync();
+    let end = summary(&w.until_ready());
+    assert_eq!(end.last().map(String::as_str), Some("Z I"), "{end:?}");
+    assert_eq!(
+        proxy.psql(&["-Atc", "select count(*) from rows"]).stdout,
+        b"0\n"
+    );
+}

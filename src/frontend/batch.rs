@@ -86,6 +86,7 @@ impl Session {
             r = self.run_decoded(&mut frames, &mut decoded, true).await;
         }
         frames.clear();
+        self.batch_bytes = 0;
         decoded.msgs.clear();
         decoded.decisions.clear();
         decoded.commands.clear();
@@ -268,6 +269,15 @@ impl Session {
                 _ => None,
             }));
         }
+        if commands
+            .iter()
+            .any(|c| matches!(c, Command::Select | Command::Other))
+        {
+            self.note_sender(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
+        }
         let pinned = commands
             .iter()
             .any(|c| matches!(c, Command::Select | Command::Other))
@@ -284,19 +294,12 @@ impl Session {
                 plan.as_ref().map(|p| p.session_after()),
             )
             .await;
+        self.may_notify = false;
         if pinned && outcome.as_ref().map_or(true, |o| o.error) {
             self.unpin();
         }
         let outcome = outcome?;
-        if commands
-            .iter()
-            .any(|c| matches!(c, Command::Select | Command::Other))
-        {
-            self.note_sender(msgs.iter().filter_map(|m| match m {
-                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
-                _ => None,
-            }));
-        }
+
         if plan.is_some() || was_in_tx {
             self.settle_settings(plan, commands, was_in_tx, was_failed, outcome.error);
         }

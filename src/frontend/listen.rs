@@ -152,17 +152,21 @@ impl Session {
         }
     }
 
-    /// After statements ran: if they may have notified, listeners will see
-    /// this client's pid as the sender (see `Notifier::sent_by`).
-    pub(super) fn note_sender<'a>(&self, mut statements: impl Iterator<Item = &'a str>) {
+    /// Before statements run: if they may notify, listeners will see this
+    /// client's pid as the sender (see `Notifier::sent_by`): recorded for
+    /// the connection they run on (at checkout, `set_cancel`, or the
+    /// attached one now).
+    pub(super) fn note_sender<'a>(&mut self, mut statements: impl Iterator<Item = &'a str>) {
         let notifies = |sql: &str| {
             sql.as_bytes()
                 .windows(6)
                 .any(|w| w.eq_ignore_ascii_case(b"notify"))
         };
-        if statements.any(notifies) {
-            let pid = self.last_pid.load(Ordering::Relaxed);
-            self.shared.notifier.sent_by(pid, self.key_pid);
+        self.may_notify = statements.any(notifies);
+        if self.may_notify {
+            if let Some(c) = &self.attached {
+                self.shared.notifier.sent_by(c.pid, self.key_pid);
+            }
         }
     }
 

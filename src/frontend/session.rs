@@ -58,6 +58,8 @@ pub struct Session {
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
     pub(super) batch: Vec<Frame>,
+    /// Bytes of the client messages in `batch`.
+    pub(super) batch_bytes: usize,
     pub(super) decoded: super::batch::Decoded,
     /// Scratch space reused by every round (bytes to a server, expectations).
     pub(super) sbuf: BytesMut,
@@ -82,6 +84,8 @@ pub struct Session {
     pub(super) pin: Option<&'static str>,
     /// A protocol statement SQL `EXECUTE` needs on the next connection.
     pub(super) ensure_stmt: Option<Arc<Prepared>>,
+    /// The running statements may send notifications (see `listen`).
+    pub(super) may_notify: bool,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
@@ -97,6 +101,10 @@ pub struct Session {
 
 /// Flush to the client once this much output is buffered.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
+
+/// An extended-protocol pipeline is sent on (with a Flush) once this much
+/// of it is buffered, before its Sync.
+const STREAM_AT: usize = 256 * 1024;
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
@@ -126,6 +134,7 @@ impl Session {
             statements: HashMap::new(),
             unnamed: None,
             batch: Vec::new(),
+            batch_bytes: 0,
             decoded: Default::default(),
             sbuf: BytesMut::with_capacity(1024),
             exchange: Default::default(),
@@ -142,6 +151,7 @@ impl Session {
             last_pid: Default::default(),
             pin: None,
             ensure_stmt: None,
+            may_notify: false,
             cancel,
             source,
         }
@@ -161,7 +171,7 @@ impl Session {
                     return Err(e);
                 }
             };
-            let tag = f.tag;
+            let mut tag = f.tag;
             let r = match f.tag {
                 // After an error, as a server: nothing runs until Sync.
                 b'S' if self.skipping() => {
@@ -184,8 +194,18 @@ impl Session {
                     }
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
+                    self.batch_bytes += f.bytes.len();
                     self.batch.push(f);
-                    Ok(())
+                    if self.batch_bytes < STREAM_AT {
+                        Ok(())
+                    } else {
+                        // A long pipeline (a driver's executemany): sent on
+                        // with a Flush of the proxy's, so that the client
+                        // hears of an error while it is still writing.
+                        tag = b'H';
+                        self.batch.push(Frame::new(b'H', &[]));
+                        self.run_batch().await
+                    }
                 }
                 b'H' | b'S' => {
                     self.batch.push(f);
@@ -329,6 +349,11 @@ impl Session {
         if let Some(c) = conns.first() {
             self.last_pid
                 .store(c.pid, std::sync::atomic::Ordering::Relaxed);
+            if self.may_notify {
+                // Before the statement runs: its notification may reach
+                // the listeners before the statement's reply reaches us.
+                self.shared.notifier.sent_by(c.pid, self.key_pid);
+            }
         }
         let mut slot = self.cancel.lock();
         slot.clear();

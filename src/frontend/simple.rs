@@ -156,6 +156,12 @@ impl Session {
         if shapes.iter().any(|s| s.command == Command::Other) {
             self.note_schema_changes(split_statements(sql).into_iter());
         }
+        if shapes
+            .iter()
+            .any(|s| matches!(s.command, Command::Select | Command::Other))
+        {
+            self.note_sender(std::iter::once(sql));
+        }
         let pinned = shapes
             .iter()
             .any(|s| matches!(s.command, Command::Select | Command::Other))
@@ -169,16 +175,11 @@ impl Session {
                 plan.as_ref().map(|p| p.session_after()),
             )
             .await;
+        self.may_notify = false;
         if pinned && outcome.as_ref().map_or(true, |o| o.error) {
             self.unpin();
         }
         let outcome = outcome?;
-        if shapes
-            .iter()
-            .any(|s| matches!(s.command, Command::Select | Command::Other))
-        {
-            self.note_sender(std::iter::once(sql));
-        }
         if discard && !outcome.error {
             self.forget_statements();
             self.apply_listen(Listen::Unlisten(None)).await?;
