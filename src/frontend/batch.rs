@@ -4,26 +4,23 @@
 //!
 //! Named prepared statements are the client's, but server connections are
 //! shared, so each statement gets a proxy-wide name derived from its text and
-//! parameter types (`sc_<hash>`, see `names`). Whichever connection a Bind lands on, the
-//! Parse is injected first if that connection has not seen it, and its
-//! ParseComplete is swallowed.
+//! parameter types (`sc_<hash>`, see `names`). Whichever connection a Bind
+//! lands on, the Parse is injected first if that connection has not seen it,
+//! and its ParseComplete is swallowed (see `server_batch`).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-
 use super::error::FrontendError;
-use super::exchange::{Action, Exchange, Expect, Until};
+use super::exchange::Until;
 use super::execute::Work;
 use super::listen::{parse_listen, Listen};
 use super::names::{server_name, statement_id};
 use super::route::{combine, decide, Decision};
 use super::session::{Session, Tx};
-use crate::backend::ServerConn;
 use crate::protocol::messages::{
-    bind_complete, close_complete, command_complete, encode_parse, encode_target, no_data,
-    parse_bind, parse_complete, parse_parse, parse_target, ready_for_query, rename_bind,
+    bind_complete, close_complete, command_complete, encode_parse, no_data, parse_bind,
+    parse_complete, parse_parse, parse_target, ready_for_query, rename_bind,
 };
 use crate::protocol::{sqlstate, Frame};
 use crate::router::{Analysis, Command, RouteError};
@@ -539,87 +536,4 @@ fn single_listen(msgs: &[Msg]) -> Option<Listen> {
         return None;
     }
     parse_listen(&stmt.sql)
-}
-
-/// Writes a batch for one server connection: renamed statements, Parses
-/// injected where the connection lacks them, and the expectations that
-/// keep the client's view exact.
-pub fn build_batch(msgs: &[Msg], conn: &ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
-    let mut b = Builder {
-        conn,
-        here: Vec::new(),
-        unnamed_parsed: false,
-    };
-    for m in msgs {
-        match m {
-            Msg::Parse(stmt) if stmt.id == 0 => {
-                out.extend_from_slice(&stmt.parse.bytes);
-                ex.push(Expect::forward(Until::Parse));
-                b.unnamed_parsed = true;
-            }
-            Msg::Parse(stmt) if b.has(stmt.id) => ex.push(Expect::synth(vec![parse_complete()])),
-            Msg::Parse(stmt) => {
-                // Forwarded, so that a syntax error reaches the client here.
-                out.extend_from_slice(&stmt.parse.bytes);
-                ex.push(Expect {
-                    until: Until::Parse,
-                    action: Action::Forward,
-                    prepares: Some(stmt.id),
-                    uses: None,
-                });
-                b.here.push(stmt.id);
-            }
-            Msg::Bind { stmt, frame } => {
-                b.ensure(stmt, out, ex);
-                out.extend_from_slice(&frame.bytes);
-                ex.push(Expect::forward(Until::Bind).using(stmt.id));
-            }
-            Msg::DescribeStmt(stmt) => {
-                b.ensure(stmt, out, ex);
-                out.extend_from_slice(&encode_target(b'D', b'S', &stmt.server_name).bytes);
-                ex.push(Expect::forward(Until::Describe).using(stmt.id));
-            }
-            Msg::CloseStmt => ex.push(Expect::synth(vec![close_complete()])),
-            Msg::Raw { frame, until } => {
-                out.extend_from_slice(&frame.bytes);
-                if let Some(u) = until {
-                    ex.push(Expect::forward(*u));
-                }
-            }
-        }
-    }
-}
-
-/// Which statements one connection has, or will have once this batch's
-/// Parses run.
-struct Builder<'a> {
-    conn: &'a ServerConn,
-    here: Vec<u64>,
-    unnamed_parsed: bool,
-}
-
-impl Builder<'_> {
-    fn has(&self, id: u64) -> bool {
-        self.conn.prepared.contains(&id) || self.here.contains(&id)
-    }
-
-    /// Injects the statement's Parse (replies swallowed) if needed.
-    fn ensure(&mut self, stmt: &Prepared, out: &mut BytesMut, ex: &mut Exchange) {
-        if stmt.id == 0 {
-            if !self.unnamed_parsed {
-                out.extend_from_slice(&stmt.parse.bytes);
-                ex.push(Expect::swallow(Until::Parse));
-                self.unnamed_parsed = true;
-            }
-        } else if !self.has(stmt.id) {
-            out.extend_from_slice(&stmt.parse.bytes);
-            ex.push(Expect {
-                until: Until::Parse,
-                action: Action::Swallow,
-                prepares: Some(stmt.id),
-                uses: None,
-            });
-            self.here.push(stmt.id);
-        }
-    }
 }

@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::batch::{build_batch, Msg};
+use super::batch::Msg;
 use super::error::FrontendError;
 use super::exchange::{Exchange, Expect, Item, Until};
 use super::pipeline::{sync_pipeline, IN_PIPELINE};
 use super::route::{Decision, Dest};
+use super::server_batch::build_batch;
 use super::session::{Session, Tx, FLUSH_AT};
 use super::settings::UNKNOWN;
 use crate::analyzer::{Request, RequestKind};

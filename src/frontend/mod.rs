@@ -24,6 +24,7 @@ pub mod pin;
 pub mod pipeline;
 pub mod reported;
 pub mod route;
+pub mod server_batch;
 pub mod session;
 pub mod settings;
 pub mod simple;
