@@ -68,3 +68,30 @@ async fn a_thousand_clients_share_twenty_connections_per_node() {
     assert_eq!(total, 1000);
     drop(kept);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_terminated_while_idle_is_replaced() {
+    let cluster = Cluster::start(1);
+    let proxy = Proxy::builder().pool_size(1).start(&cluster);
+    let client = proxy.client().await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let direct = cluster.nodes[0].client(&cluster.db).await;
+    direct
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    // Let the server close it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The client never used that connection after it died: its next
+    // statement runs on a new one, no error.
+    let other: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(other, pid);
+}

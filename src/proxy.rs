@@ -88,6 +88,8 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     ));
     recorder.ensure(table.partitions().iter().map(|p| p.id));
     metrics.routing_epoch.set(table.epoch() as i64);
+    let notifier =
+        crate::frontend::notify::Notifier::new(pools.iter().map(|p| p.target.clone()).collect());
     Ok(Arc::new(Shared {
         analyzer,
         default_node: config.default_node(),
@@ -109,6 +111,8 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
         catalog: Some(catalog),
         monitor: Default::default(),
         config,
+        renewals: Default::default(),
+        notifier,
     }))
 }
 

@@ -6,6 +6,7 @@
 
 pub mod pg;
 pub mod proxy;
+pub mod wire;
 
 pub use pg::Cluster;
 pub use proxy::Proxy;

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::protocol::framing::Reader;
 use crate::protocol::messages::parse_error;
+use crate::protocol::params::ParamSet;
 use crate::protocol::startup::encode_startup;
 use crate::protocol::{try_frame, Frame, ProtocolError};
 
@@ -90,8 +91,9 @@ pub struct ServerConn {
     pub pid: i32,
     pub secret: i32,
     pub addr: std::sync::Arc<str>,
-    /// ParameterStatus values the server reported at startup.
-    pub params: Vec<(String, String)>,
+    /// The reported parameters' values, as the server last reported them
+    /// (every ParameterStatus read is recorded, forwarded or not).
+    pub params: ParamSet,
     /// Proxy-named prepared statements that exist on this connection.
     pub prepared: HashSet<u64>,
     /// Fingerprint of the client session settings applied here (0 = defaults).
@@ -101,6 +103,12 @@ pub struct ServerConn {
     pub reusable: bool,
     /// The status of the last ReadyForQuery: `I`, `T` or `E`.
     pub status: u8,
+    /// Proxy-named statements the server reported broken by a schema
+    /// change, for the session to renew (see `frontend::names`).
+    pub broken: Vec<u64>,
+    /// A client's LISTEN ran here (among other statements): undone before
+    /// the next use, as pooled connections must not listen.
+    pub listens: bool,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,11 +140,13 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             addr: addr.into(),
-            params: Vec::new(),
+            params: ParamSet::default(),
             prepared: HashSet::new(),
             session: 0,
             reusable: true,
             status: b'I',
+            broken: Vec::new(),
+            listens: false,
         };
         let startup = encode_startup(&[
             ("user", &t.user),
@@ -149,12 +159,6 @@ impl ServerConn {
         loop {
             let f = conn.read_frame().await?;
             match f.tag {
-                b'S' => {
-                    let mut r = Reader::new(b'S', f.body());
-                    if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
-                        conn.params.push((k.to_string(), v.to_string()));
-                    }
-                }
                 b'K' => {
                     let mut r = Reader::new(b'K', f.body());
                     conn.pid = r.i32().unwrap_or(0);
@@ -268,6 +272,12 @@ impl ServerConn {
         self.write_all(&Frame::new(b'p', &body).bytes).await
     }
 
+    /// The socket and whatever the server sent that was not read yet (to
+    /// relay a session as it is).
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
+    }
+
     pub fn node_name(&self) -> &str {
         &self.node_name
     }
@@ -302,10 +312,59 @@ impl ServerConn {
         self.read_frame().await
     }
 
+    /// `DISCARD ALL` and `DEALLOCATE ALL` drop the statements the proxy
+    /// prepared here; a `LISTEN` must be undone.
+    #[cold]
+    fn note_command(&mut self, f: &Frame) {
+        let tag = crate::protocol::messages::command_tag(f);
+        if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" {
+            self.prepared.clear();
+        }
+        if tag == "DISCARD ALL" {
+            self.listens = false;
+        }
+        if tag == "LISTEN" {
+            self.listens = true;
+        }
+    }
+
+    /// Whether the server closed this idle connection (it was terminated,
+    /// or the server restarted): anything readable on an idle connection
+    /// is its goodbye. Costs no system call unless the socket is readable.
+    pub fn server_left(&mut self) -> bool {
+        use futures_util::FutureExt;
+        match self
+            .stream
+            .ready(tokio::io::Interest::READABLE)
+            .now_or_never()
+        {
+            None => false,
+            Some(Err(_)) => true,
+            Some(Ok(r)) if r.is_read_closed() => true,
+            Some(Ok(_)) => {
+                let mut buf = [0u8; 1024];
+                match self.stream.try_read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(n) => {
+                        self.rbuf.extend_from_slice(&buf[..n]);
+                        // A FATAL ErrorResponse: the server is leaving.
+                        self.rbuf.first() == Some(&b'E')
+                    }
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                }
+            }
+        }
+    }
+
     /// The next frame, reading from the socket as needed.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
             if let Some(f) = self.buffered_frame()? {
+                match f.tag {
+                    b'S' => self.params.observe(&f),
+                    b'C' if matches!(f.body().first(), Some(b'D' | b'L')) => self.note_command(&f),
+                    _ => {}
+                }
                 return Ok(f);
             }
             let n = self

@@ -88,7 +88,16 @@ impl Pool {
                 }
             }
         };
-        let idle = self.idle.lock().pop();
+        let idle = loop {
+            let Some(mut c) = self.idle.lock().pop() else {
+                break None;
+            };
+            if !c.server_left() {
+                break Some(c);
+            }
+            // Terminated while idle: dropped, never handed to a client.
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+        };
         let conn = match idle {
             Some(c) => {
                 self.stats.idle.fetch_sub(1, Ordering::Relaxed);
@@ -117,7 +126,10 @@ impl Pool {
     /// Connects once to check the node is reachable; the connection is kept.
     pub async fn warm_up(self: &Arc<Self>) -> Result<Vec<(String, String)>, BackendError> {
         let c = self.checkout().await?;
-        Ok(c.params.clone())
+        Ok(c.params
+            .pairs()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
     }
 
     /// Closes idle connections (e.g. after a node restarts).

@@ -4,25 +4,23 @@
 //!
 //! Named prepared statements are the client's, but server connections are
 //! shared, so each statement gets a proxy-wide name derived from its text and
-//! parameter types (`sc_<hash>`). Whichever connection a Bind lands on, the
-//! Parse is injected first if that connection has not seen it, and its
-//! ParseComplete is swallowed.
+//! parameter types (`sc_<hash>`, see `names`). Whichever connection a Bind
+//! lands on, the Parse is injected first if that connection has not seen it,
+//! and its ParseComplete is swallowed (see `server_batch`).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-
 use super::error::FrontendError;
-use super::exchange::{Action, Exchange, Expect, Until};
+use super::exchange::Until;
 use super::execute::Work;
+use super::listen::{parse_listen, Listen};
+use super::names::{server_name, statement_id};
 use super::route::{combine, decide, Decision};
 use super::session::{Session, Tx};
-use crate::backend::ServerConn;
 use crate::protocol::messages::{
-    bind_complete, close_complete, command_complete, encode_parse, encode_target, no_data,
-    parse_bind, parse_complete, parse_parse, parse_target, ready_for_query, rename_bind,
+    bind_complete, close_complete, command_complete, encode_parse, no_data, parse_bind,
+    parse_complete, parse_parse, parse_target, ready_for_query, rename_bind,
 };
 use crate::protocol::{sqlstate, Frame};
 use crate::router::{Analysis, Command, RouteError};
@@ -58,13 +56,6 @@ pub enum Msg {
     },
 }
 
-fn statement_id(sql: &str, types: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sql.hash(&mut h);
-    types.hash(&mut h);
-    h.finish().max(1)
-}
-
 /// A batch decoded for routing; kept by the session and reused, so that a
 /// batch allocates nothing once the session is warm.
 #[derive(Default)]
@@ -92,6 +83,7 @@ impl Session {
             r = self.run_decoded(&mut frames, &mut decoded, true).await;
         }
         frames.clear();
+        self.batch_bytes = 0;
         decoded.msgs.clear();
         decoded.decisions.clear();
         decoded.commands.clear();
@@ -127,24 +119,23 @@ impl Session {
         };
         let (msgs, decisions, commands) = match ready {
             Ok(()) => (&decoded.msgs, &decoded.decisions, &decoded.commands),
-            Err(e @ FrontendError::Moved { .. }) => return Err(e),
-            Err(e) if !e.is_fatal() => {
-                // As PostgreSQL: an error, then everything up to Sync is skipped.
-                self.report(&e);
-                if ends_with_sync {
-                    self.write(&ready_for_query(self.status()));
-                } else {
-                    self.skip_to_sync().await?;
-                }
-                return Ok(());
-            }
+            // The session reports it; after a Flush, the rest of the
+            // pipeline is skipped to its Sync (see `pipeline`).
             Err(e) => return Err(e),
         };
         if !self.joined.is_empty()
             && commands.len() == 1
             && matches!(commands[0], Command::Commit | Command::Rollback)
         {
-            match self.end_spanning(commands[0] == Command::Commit).await? {
+            let was_failed = self.status() == b'E';
+            let ended = self.end_spanning(commands[0] == Command::Commit).await?;
+            let how = if ended == Some("COMMIT") {
+                Command::Commit
+            } else {
+                Command::Rollback
+            };
+            self.settle_settings(None, &[how], true, was_failed, false);
+            match ended {
                 Some(tag) => self.answer_locally(msgs, tag),
                 None => self.write(&ready_for_query(self.status())),
             }
@@ -157,10 +148,28 @@ impl Session {
                     .all(|c| matches!(c, Command::Commit | Command::Rollback))
             {
                 self.tx = Tx::None;
+                self.end_local_tx(false).await;
                 self.answer_locally(msgs, "ROLLBACK");
-            } else {
-                self.failed_tx_error();
+                return Ok(());
             }
+            return Err(FrontendError::route(
+                sqlstate::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into(),
+                "end it with ROLLBACK".into(),
+            ));
+        }
+        if let Some(l) = single_listen(msgs) {
+            // LISTEN/UNLISTEN by the extended protocol: the notifier's.
+            let tag = match l {
+                Listen::Listen(_) => "LISTEN",
+                Listen::Unlisten(_) => "UNLISTEN",
+            };
+            self.apply_listen(l).await?;
+            if ends_with_sync {
+                self.end_open_pipeline().await;
+            }
+            self.answer_locally(msgs, tag);
             return Ok(());
         }
         if self.attached.is_none() && commands.len() == 1 {
@@ -182,6 +191,7 @@ impl Session {
             if let Some(tag) = tag {
                 if tag != "BEGIN" {
                     self.tx = Tx::None;
+                    self.end_local_tx(tag == "COMMIT").await;
                 }
                 self.answer_locally(msgs, tag);
                 return Ok(());
@@ -207,17 +217,19 @@ impl Session {
                         }
                 )
             });
-            if !executes && !describes && !msgs.iter().any(|m| matches!(m, Msg::Bind { .. })) {
+            let binds = msgs.iter().any(|m| matches!(m, Msg::Bind { .. }));
+            if !executes && !describes && !binds {
                 // Parse/Close only: nothing needs a server yet. The Parse is
                 // sent with the first Bind, on whichever node that lands;
                 // answering here keeps prepare from holding a connection.
                 self.answer_locally(msgs, "");
                 return Ok(());
             }
-            if !executes {
+            if !executes && !binds {
                 // Describe without Execute (a driver's prepare): run it on
                 // any node, outside a deferred transaction so that it does
-                // not pin the transaction to that node.
+                // not pin the transaction to that node. (A Bind makes a
+                // portal, which belongs to the transaction.)
                 let tx = std::mem::replace(&mut self.tx, Tx::None);
                 let r = self
                     .execute(
@@ -229,26 +241,85 @@ impl Session {
                     .await;
                 self.tx = tx;
                 self.release_if_idle();
-                r?;
+                self.skip_after(r?, ends_with_sync);
                 return Ok(());
             }
         }
         let decision = combine(decisions)?;
-        self.execute(decision, Work::Batch(msgs, ends_with_sync), started, None)
-            .await?;
+        // SET, RESET, DISCARD through the extended protocol follow the
+        // client as the simple protocol's do.
+        let plan = if commands
+            .iter()
+            .any(|c| matches!(c, Command::Set | Command::Reset | Command::Other))
+        {
+            let sqls = msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            });
+            self.plan_settings(sqls, commands.contains(&Command::Begin))
+        } else {
+            None
+        };
+        if commands.contains(&Command::Other) {
+            self.note_schema_changes(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
+        }
+        if commands
+            .iter()
+            .any(|c| matches!(c, Command::Select | Command::Other))
+        {
+            self.note_sender(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
+        }
+        let pinned = commands
+            .iter()
+            .any(|c| matches!(c, Command::Select | Command::Other))
+            && self.pin_for(msgs.iter().filter_map(|m| match m {
+                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                _ => None,
+            }));
+        let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
+        let outcome = self
+            .execute(
+                decision,
+                Work::Batch(msgs, ends_with_sync),
+                started,
+                plan.as_ref().map(|p| p.session_after()),
+            )
+            .await;
+        self.may_notify = false;
+        if pinned && outcome.as_ref().map_or(true, |o| o.error) {
+            self.unpin();
+        }
+        let outcome = outcome?;
+
+        if plan.is_some() || was_in_tx {
+            self.settle_settings(plan, commands, was_in_tx, was_failed, outcome.error);
+        }
+        self.skip_after(outcome, ends_with_sync);
         Ok(())
     }
 
-    /// Drops client messages up to and including the next Sync, then answers it.
-    async fn skip_to_sync(&mut self) -> Result<(), FrontendError> {
-        self.flush().await?;
-        while let Some(f) = self.read_frame().await? {
-            if f.tag == b'S' {
-                self.write(&ready_for_query(self.status()));
-                return Ok(());
-            }
+    /// Statements prepared after a schema change are new statements on
+    /// the servers too (see `names`).
+    pub(super) fn note_schema_changes<'a>(&self, mut sqls: impl Iterator<Item = &'a str>) {
+        if sqls.any(super::names::changes_schema) {
+            self.shared.renewals.schema_changed();
         }
-        Ok(())
+    }
+
+    /// A server's error in a round that ended with Flush: that server now
+    /// skips to Sync, and so does the session.
+    fn skip_after(&mut self, outcome: super::execute::Outcome, ends_with_sync: bool) {
+        if outcome.error && !ends_with_sync {
+            self.pipeline = super::pipeline::Pipeline::Skipping {
+                server_failed: true,
+            };
+        }
     }
 
     fn decode_batch(
@@ -266,6 +337,7 @@ impl Session {
         for f in frames.drain(..) {
             match f.tag {
                 b'P' => {
+                    let f = self.execute_parse_of(&f).unwrap_or(f);
                     let p = parse_parse(&f)?;
                     let stmt = if p.name.is_empty() {
                         // Drivers re-send the same unnamed statement; reuse it.
@@ -292,8 +364,14 @@ impl Session {
                                 "close it first, or use another name".into(),
                             ));
                         }
-                        let id = statement_id(p.query, p.param_types);
-                        let server_name = format!("sc_{id:016x}");
+                        let names = &self.shared.renewals;
+                        let id = names.current(statement_id(
+                            p.query,
+                            p.param_types,
+                            self.settings.fingerprint(),
+                            names.schema_epoch(),
+                        ));
+                        let server_name = server_name(id);
                         let s = Arc::new(Prepared {
                             id,
                             parse: encode_parse(&server_name, p.query, p.param_types),
@@ -439,7 +517,7 @@ impl Session {
                     b'D' => self.write(&no_data()),
                     b'E' => self.write(&command_complete(tag)),
                     b'C' => self.write(&close_complete()),
-                    b'S' => self.write(&ready_for_query(self.status())),
+                    b'S' => self.ready_now(),
                     _ => {}
                 },
             }
@@ -447,83 +525,15 @@ impl Session {
     }
 }
 
-/// Writes a batch for one server connection: renamed statements, Parses
-/// injected where the connection lacks them, and the expectations that
-/// keep the client's view exact.
-pub fn build_batch(msgs: &[Msg], conn: &ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
-    let mut b = Builder {
-        conn,
-        here: Vec::new(),
-        unnamed_parsed: false,
-    };
-    for m in msgs {
-        match m {
-            Msg::Parse(stmt) if stmt.id == 0 => {
-                out.extend_from_slice(&stmt.parse.bytes);
-                ex.push(Expect::forward(Until::Parse));
-                b.unnamed_parsed = true;
-            }
-            Msg::Parse(stmt) if b.has(stmt.id) => ex.push(Expect::synth(vec![parse_complete()])),
-            Msg::Parse(stmt) => {
-                // Forwarded, so that a syntax error reaches the client here.
-                out.extend_from_slice(&stmt.parse.bytes);
-                ex.push(Expect {
-                    until: Until::Parse,
-                    action: Action::Forward,
-                    prepares: Some(stmt.id),
-                });
-                b.here.push(stmt.id);
-            }
-            Msg::Bind { stmt, frame } => {
-                b.ensure(stmt, out, ex);
-                out.extend_from_slice(&frame.bytes);
-                ex.push(Expect::forward(Until::Bind));
-            }
-            Msg::DescribeStmt(stmt) => {
-                b.ensure(stmt, out, ex);
-                out.extend_from_slice(&encode_target(b'D', b'S', &stmt.server_name).bytes);
-                ex.push(Expect::forward(Until::Describe));
-            }
-            Msg::CloseStmt => ex.push(Expect::synth(vec![close_complete()])),
-            Msg::Raw { frame, until } => {
-                out.extend_from_slice(&frame.bytes);
-                if let Some(u) = until {
-                    ex.push(Expect::forward(*u));
-                }
-            }
-        }
+/// The LISTEN/UNLISTEN a batch binds, if it binds that statement only.
+fn single_listen(msgs: &[Msg]) -> Option<Listen> {
+    let mut binds = msgs.iter().filter_map(|m| match m {
+        Msg::Bind { stmt, .. } => Some(stmt),
+        _ => None,
+    });
+    let stmt = binds.next()?;
+    if binds.next().is_some() {
+        return None;
     }
-}
-
-/// Which statements one connection has, or will have once this batch's
-/// Parses run.
-struct Builder<'a> {
-    conn: &'a ServerConn,
-    here: Vec<u64>,
-    unnamed_parsed: bool,
-}
-
-impl Builder<'_> {
-    fn has(&self, id: u64) -> bool {
-        self.conn.prepared.contains(&id) || self.here.contains(&id)
-    }
-
-    /// Injects the statement's Parse (replies swallowed) if needed.
-    fn ensure(&mut self, stmt: &Prepared, out: &mut BytesMut, ex: &mut Exchange) {
-        if stmt.id == 0 {
-            if !self.unnamed_parsed {
-                out.extend_from_slice(&stmt.parse.bytes);
-                ex.push(Expect::swallow(Until::Parse));
-                self.unnamed_parsed = true;
-            }
-        } else if !self.has(stmt.id) {
-            out.extend_from_slice(&stmt.parse.bytes);
-            ex.push(Expect {
-                until: Until::Parse,
-                action: Action::Swallow,
-                prepares: Some(stmt.id),
-            });
-            self.here.push(stmt.id);
-        }
-    }
+    parse_listen(&stmt.sql)
 }

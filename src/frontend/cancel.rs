@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::protocol::startup::encode_cancel;
 
@@ -55,6 +55,14 @@ impl CancelRegistry {
             if let Ok(mut s) = tokio::net::TcpStream::connect(&*t.addr).await {
                 if s.write_all(&encode_cancel(t.pid, t.secret)).await.is_ok() {
                     sent += 1;
+                    // The server closes the connection once it has signalled
+                    // the backend: only then is the cancel done, for the
+                    // client too (as with libpq's PQcancel).
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        s.read(&mut [0u8; 1]),
+                    )
+                    .await;
                 }
             }
         }

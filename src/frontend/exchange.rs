@@ -45,6 +45,9 @@ pub struct Expect {
     /// For Parse entries: the proxy-wide statement id that exists on the
     /// server once ParseComplete arrives.
     pub prepares: Option<u64>,
+    /// For Bind and Describe entries: the proxy-named statement they use
+    /// (its plan may turn out stale).
+    pub uses: Option<u64>,
 }
 
 impl Expect {
@@ -53,13 +56,21 @@ impl Expect {
             until,
             action: Action::Forward,
             prepares: None,
+            uses: None,
         }
+    }
+
+    /// Marks an entry that uses a proxy-named statement (not the unnamed one).
+    pub fn using(mut self, id: u64) -> Self {
+        self.uses = (id != 0).then_some(id);
+        self
     }
     pub fn swallow(until: Until) -> Self {
         Self {
             until,
             action: Action::Swallow,
             prepares: None,
+            uses: None,
         }
     }
     pub fn synth(frames: Vec<Frame>) -> Self {
@@ -67,6 +78,7 @@ impl Expect {
             until: Until::Parse,
             action: Action::Synth(frames),
             prepares: None,
+            uses: None,
         }
     }
 }
@@ -155,9 +167,13 @@ impl Exchange {
                 return Ok(Item::Done(None));
             };
             let (until, forward) = (head.until, matches!(head.action, Action::Forward));
+            let uses = head.uses;
             let f = conn.read_frame().await?;
             let tag = f.tag;
             if tag == b'E' && until != Until::Query && until != Until::Ready {
+                if let Some(id) = uses {
+                    note_plan_changed(conn, id, &f);
+                }
                 // Extended protocol: the server skips everything up to Sync.
                 while let Some(e) = self.queue.front() {
                     if e.until == Until::Ready {
@@ -187,9 +203,23 @@ impl Exchange {
                     continue;
                 }
             }
-            if forward || tag == b'E' {
+            // Pooled connections' notifications (a client's LISTEN ran on
+            // one) are nobody's: clients get theirs from the notifier.
+            if (forward && tag != b'A') || tag == b'E' {
                 return Ok(Item::Msg(f));
             }
         }
+    }
+}
+
+/// A Bind or Describe failed because a schema change broke the statement:
+/// its result type changed, or a type it names is gone.
+#[cold]
+fn note_plan_changed(conn: &mut ServerConn, id: u64, f: &Frame) {
+    let e = crate::protocol::messages::parse_error(f);
+    let broken = (e.code == "0A000" && e.message == "cached plan must not change result type")
+        || (e.code == "XX000" && e.message.starts_with("cache lookup failed for type"));
+    if broken && !conn.broken.contains(&id) {
+        conn.broken.push(id);
     }
 }

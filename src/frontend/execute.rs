@@ -7,11 +7,14 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::batch::{build_batch, Msg};
+use super::batch::Msg;
 use super::error::FrontendError;
 use super::exchange::{Exchange, Expect, Item, Until};
+use super::pipeline::{sync_pipeline, IN_PIPELINE};
 use super::route::{Decision, Dest};
+use super::server_batch::build_batch;
 use super::session::{Session, Tx, FLUSH_AT};
+use super::settings::UNKNOWN;
 use crate::analyzer::{Request, RequestKind};
 use crate::backend::{Checkout, ServerConn};
 use crate::catalog::twophase;
@@ -77,6 +80,7 @@ impl Session {
         // joins the transaction (two-phase commit) or it is refused. Out
         // of line, so this path stays small enough to inline its exchange.
         if self.attached.as_ref().is_some_and(|c| c.node() != node) {
+            self.refuse_other_node(node)?;
             Box::pin(self.swap_in(node)).await?;
         }
         let mut conn = match self.attached.take() {
@@ -190,8 +194,16 @@ impl Session {
     /// What a connection needs before the client's work: the client's
     /// session settings, and a deferred BEGIN with its queued statements.
     pub(super) fn prelude(&mut self, conn: &mut ServerConn, out: &mut BytesMut, ex: &mut Exchange) {
+        if conn.listens && conn.status == b'I' {
+            // Notifications reach clients through the notifier only.
+            out.extend_from_slice(&encode_query("UNLISTEN *").bytes);
+            ex.push(Expect::swallow(Until::Query));
+            conn.listens = false;
+        }
         let fp = self.settings.fingerprint();
-        if conn.session != fp {
+        // Only between transactions: inside one the connection is the
+        // client's own and carries whatever it SET there.
+        if conn.session != fp && conn.status == b'I' {
             out.extend_from_slice(&encode_query(&self.settings.sync_sql()).bytes);
             ex.push(Expect::swallow(Until::Query));
             conn.session = fp;
@@ -200,10 +212,27 @@ impl Session {
             self.begin_pending = false;
             self.begin_here(out, ex);
         }
+        if let Some(stmt) = self.ensure_stmt.take() {
+            if !conn.prepared.contains(&stmt.id) {
+                out.extend_from_slice(&stmt.parse.bytes);
+                ex.push(Expect {
+                    until: Until::Parse,
+                    action: super::exchange::Action::Swallow,
+                    prepares: Some(stmt.id),
+                    uses: None,
+                });
+            }
+        }
         if let Tx::Deferred { prelude } = std::mem::replace(&mut self.tx, Tx::None) {
+            self.told_in_tx = false;
             for sql in &prelude {
                 out.extend_from_slice(&encode_query(sql).bytes);
                 ex.push(Expect::swallow(Until::Query));
+            }
+            if prelude.len() > 1 {
+                // Deferred SETs: what the connection carries after the
+                // transaction depends on how it ends.
+                conn.session = UNKNOWN;
             }
             // Kept for nodes that join the transaction later.
             self.tx_begin = prelude;
@@ -247,14 +276,28 @@ impl Session {
                     self.copy_in(conn).await?;
                 }
                 Item::Done(z) => {
+                    if !conn.broken.is_empty() {
+                        self.renew_broken(conn);
+                    }
                     match z {
-                        Some(z) => self.write(&z),
+                        Some(z) => {
+                            self.report_params(conn);
+                            self.write(&z)
+                        }
                         // After a Flush the server owes a Sync: not poolable yet.
-                        None => conn.status = b'?',
+                        None => conn.status = IN_PIPELINE,
                     }
                     return Ok((rows, error));
                 }
             }
+        }
+    }
+
+    /// Statements a server reported broken get new names (see `names`).
+    #[cold]
+    fn renew_broken(&self, conn: &mut ServerConn) {
+        for id in conn.broken.drain(..) {
+            self.shared.renewals.renew(id);
         }
     }
 
@@ -313,6 +356,16 @@ impl Session {
         let mut conns = self.every_node().await?;
         self.set_cancel(&conns.iter().collect::<Vec<_>>());
         let mut result = self.fanout_run(&mut conns, works, gid).await;
+        if result.is_ok() {
+            // A round that ended with Flush: end each node's part of the
+            // pipeline now, so that the connections can be pooled (a
+            // statement on every node is its own unit of work).
+            for c in conns.iter_mut().filter(|c| c.status == IN_PIPELINE) {
+                if let Err(e) = sync_pipeline(c, false).await {
+                    result = Err(e.into());
+                }
+            }
+        }
         self.set_cancel(&[]);
         if let Some(gid) = gid {
             result = self.finish_two_phase(&mut conns, works, gid, result).await;
@@ -399,6 +452,10 @@ impl Session {
                         }
                         Item::Done(z) => {
                             done[i] = true;
+                            if z.is_none() {
+                                // After a Flush the server owes a Sync.
+                                conns[i].status = IN_PIPELINE;
+                            }
                             if i == lead {
                                 last_z = z;
                             }
@@ -429,6 +486,7 @@ impl Session {
         }
         // With two-phase commit the ReadyForQuery waits for the outcome.
         if last_z.is_some() && gid.is_none() {
+            self.report_params(&conns[lead]);
             self.write(&ready_for_query(super::spanning::status_of(conns)));
         }
         Ok(Outcome { error: failed })

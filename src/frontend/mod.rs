@@ -10,12 +10,21 @@
 pub mod batch;
 pub mod cancel;
 pub mod copy;
+pub mod deallocate;
 pub mod error;
 pub mod exchange;
 pub mod execute;
+pub mod listen;
 pub mod merged;
 pub mod multiwrite;
+pub mod names;
+pub mod notify;
+pub mod passthrough;
+pub mod pin;
+pub mod pipeline;
+pub mod reported;
 pub mod route;
+pub mod server_batch;
 pub mod session;
 pub mod settings;
 pub mod simple;
@@ -57,4 +66,8 @@ pub struct Shared {
     pub catalog: Option<crate::catalog::Catalog>,
     /// Node and partition load samples, and the planner's memory.
     pub monitor: crate::monitor::Monitor,
+    /// Prepared statements' texts that need a new server name.
+    pub renewals: names::Renewals,
+    /// The listening connections behind clients' LISTEN.
+    pub notifier: notify::Notifier,
 }

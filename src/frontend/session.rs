@@ -12,11 +12,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use super::batch::Prepared;
 use super::cancel::{CancelSlot, CancelTarget};
 use super::error::FrontendError;
+use super::pipeline::IN_PIPELINE;
 use super::settings::Settings;
 use super::Shared;
 use crate::analyzer::recorder::SourceId;
 use crate::backend::Checkout;
 use crate::protocol::messages::{error_response, ready_for_query};
+use crate::protocol::params::ParamSet;
 use crate::protocol::{sqlstate, try_frame, Frame};
 
 /// The proxy's view of the client's transaction.
@@ -35,9 +37,9 @@ pub enum Tx {
 
 pub struct Session {
     pub(super) shared: Arc<Shared>,
-    rd: OwnedReadHalf,
+    pub(super) rd: OwnedReadHalf,
     wr: OwnedWriteHalf,
-    rbuf: BytesMut,
+    pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
     /// The server connection of the running transaction, if any.
     pub(super) attached: Option<Checkout>,
@@ -56,11 +58,34 @@ pub struct Session {
     pub(super) statements: HashMap<String, Arc<Prepared>>,
     pub(super) unnamed: Option<Arc<Prepared>>,
     pub(super) batch: Vec<Frame>,
+    /// Bytes of the client messages in `batch`.
+    pub(super) batch_bytes: usize,
     pub(super) decoded: super::batch::Decoded,
     /// Scratch space reused by every round (bytes to a server, expectations).
     pub(super) sbuf: BytesMut,
     pub(super) exchange: super::exchange::Exchange,
     pub(super) settings: Settings,
+    /// Settings as they will be if the running transaction commits.
+    pub(super) pending: Option<Settings>,
+    /// The reported parameters' values as the client was told them.
+    pub(super) reported: ParamSet,
+    /// The running deferred transaction reported a parameter change.
+    pub(super) told_in_tx: bool,
+    /// ParameterStatus for the proxy's next own ReadyForQuery.
+    pub(super) held_reports: Vec<Frame>,
+    /// Channels the client listens on, and its notifications (see `listen`).
+    pub(super) notes: Option<super::listen::Notes>,
+    /// The process id the client was given (BackendKeyData).
+    pub(super) key_pid: i32,
+    /// The process id of the server connection the client last used.
+    pub(super) last_pid: std::sync::atomic::AtomicI32,
+    /// Why the client keeps its server connection between transactions
+    /// (see `pin`).
+    pub(super) pin: Option<&'static str>,
+    /// A protocol statement SQL `EXECUTE` needs on the next connection.
+    pub(super) ensure_stmt: Option<Arc<Prepared>>,
+    /// The running statements may send notifications (see `listen`).
+    pub(super) may_notify: bool,
     cancel: CancelSlot,
     /// The client's (application_name, user), interned for the recorder.
     pub(super) source: SourceId,
@@ -70,10 +95,16 @@ pub struct Session {
     /// Flushes to the client so far: a unit of work can be run again only
     /// if nothing of its reply has left.
     pub(super) flushes: u64,
+    /// Whether an error ended the running pipeline before its Sync.
+    pub(super) pipeline: super::pipeline::Pipeline,
 }
 
 /// Flush to the client once this much output is buffered.
 pub(super) const FLUSH_AT: usize = 64 * 1024;
+
+/// An extended-protocol pipeline is sent on (with a Flush) once this much
+/// of it is buffered, before its Sync.
+const STREAM_AT: usize = 256 * 1024;
 
 impl Session {
     #[allow(clippy::too_many_arguments)]
@@ -83,9 +114,11 @@ impl Session {
         wr: OwnedWriteHalf,
         rbuf: BytesMut,
         settings: Settings,
-        cancel: CancelSlot,
+        reported: ParamSet,
+        cancel: (i32, CancelSlot),
         source: SourceId,
     ) -> Self {
+        let (key_pid, cancel) = cancel;
         Self {
             shared,
             rd,
@@ -101,12 +134,24 @@ impl Session {
             statements: HashMap::new(),
             unnamed: None,
             batch: Vec::new(),
+            batch_bytes: 0,
             decoded: Default::default(),
             sbuf: BytesMut::with_capacity(1024),
             exchange: Default::default(),
             moved: false,
             flushes: 0,
+            pipeline: Default::default(),
             settings,
+            pending: None,
+            reported,
+            told_in_tx: false,
+            held_reports: Vec::new(),
+            notes: None,
+            key_pid,
+            last_pid: Default::default(),
+            pin: None,
+            ensure_stmt: None,
+            may_notify: false,
             cancel,
             source,
         }
@@ -115,7 +160,7 @@ impl Session {
     /// The query loop; returns when the client leaves or breaks the protocol.
     pub async fn run(mut self) -> Result<(), FrontendError> {
         loop {
-            let f = match self.read_frame().await {
+            let f = match self.next_frame().await {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -126,7 +171,14 @@ impl Session {
                     return Err(e);
                 }
             };
+            let mut tag = f.tag;
             let r = match f.tag {
+                // After an error, as a server: nothing runs until Sync.
+                b'S' if self.skipping() => {
+                    self.sync_skipped().await;
+                    Ok(())
+                }
+                b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping() => Ok(()),
                 b'Q' => {
                     let mut tries = 0;
                     loop {
@@ -142,8 +194,18 @@ impl Session {
                     }
                 }
                 b'P' | b'B' | b'D' | b'E' | b'C' => {
+                    self.batch_bytes += f.bytes.len();
                     self.batch.push(f);
-                    Ok(())
+                    if self.batch_bytes < STREAM_AT {
+                        Ok(())
+                    } else {
+                        // A long pipeline (a driver's executemany): sent on
+                        // with a Flush of the proxy's, so that the client
+                        // hears of an error while it is still writing.
+                        tag = b'H';
+                        self.batch.push(Frame::new(b'H', &[]));
+                        self.run_batch().await
+                    }
                 }
                 b'H' | b'S' => {
                     self.batch.push(f);
@@ -165,7 +227,7 @@ impl Session {
                     return Err(e);
                 }
                 self.report(&e);
-                self.write(&ready_for_query(self.status()));
+                self.after_error(tag, false).await;
             }
             self.flush().await?;
         }
@@ -181,6 +243,8 @@ impl Session {
             // (other nodes' parts are dropped, which rolls them back).
             let had_joined = !self.joined.is_empty();
             self.joined.clear();
+            // Whatever pinned the client died with its connection.
+            self.pin = None;
             self.begin_pending = false;
             if self.attached.take().is_some() || self.tx != Tx::None || had_joined {
                 self.tx = Tx::Failed;
@@ -188,8 +252,14 @@ impl Session {
             self.set_cancel(&[]);
             return;
         }
+        // A connection inside a pipeline stays: the pipeline's Sync fails
+        // it there (see `pipeline`), as the server would have.
+        let pipelined = self
+            .attached
+            .as_ref()
+            .is_some_and(|c| c.status == IN_PIPELINE);
         let in_tx = self.tx != Tx::None || self.attached.as_ref().is_some_and(|c| c.status != b'I');
-        if in_tx {
+        if in_tx && !pipelined {
             self.tx = Tx::Failed;
             for mut c in self.joined.drain(..) {
                 tokio::spawn(async move {
@@ -243,6 +313,8 @@ impl Session {
 
     #[inline]
     pub(super) fn write(&mut self, f: &Frame) {
+        // What the client is told of parameters, whoever tells it.
+        self.reported.observe(f);
         self.wbuf.extend_from_slice(&f.bytes);
     }
 
@@ -274,6 +346,15 @@ impl Session {
 
     /// Points the client's cancel slot at the connections now working for it.
     pub(super) fn set_cancel(&self, conns: &[&Checkout]) {
+        if let Some(c) = conns.first() {
+            self.last_pid
+                .store(c.pid, std::sync::atomic::Ordering::Relaxed);
+            if self.may_notify {
+                // Before the statement runs: its notification may reach
+                // the listeners before the statement's reply reaches us.
+                self.shared.notifier.sent_by(c.pid, self.key_pid);
+            }
+        }
         let mut slot = self.cancel.lock();
         slot.clear();
         slot.extend(conns.iter().map(|c| CancelTarget {
@@ -296,15 +377,27 @@ impl Session {
 
     /// Returns the attached connection to its pool once its transaction ended.
     pub(super) fn release_if_idle(&mut self) {
-        if self.joined.is_empty() && self.attached.as_ref().is_some_and(|c| c.status == b'I') {
+        if self.pin.is_none()
+            && self.joined.is_empty()
+            && self.attached.as_ref().is_some_and(|c| c.status == b'I')
+        {
             self.attached = None;
             self.set_cancel(&[]);
         }
     }
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.forget_listens();
+    }
+}
+
 /// Ends whatever transaction a connection is in, so it can be pooled again.
 async fn rollback(c: &mut Checkout) -> Result<(), crate::backend::BackendError> {
+    if c.status == IN_PIPELINE {
+        super::pipeline::sync_pipeline(c, true).await?;
+    }
     c.write_all(&crate::protocol::messages::encode_query("ROLLBACK").bytes)
         .await?;
     loop {

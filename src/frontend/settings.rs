@@ -121,8 +121,9 @@ fn setting_name(word: &str) -> String {
     word.split(['=', ' ']).next().unwrap_or(word).to_string()
 }
 
-fn same_value(name: &str, server: &str, client: &str) -> bool {
-    let norm = |v: &str| v.to_ascii_lowercase().replace(['-', '_', ' '], "");
+/// Whether a client's startup value means the server's (`'utf-8'` is UTF8).
+pub fn same_value(name: &str, server: &str, client: &str) -> bool {
+    let norm = |v: &str| v.to_ascii_lowercase().replace(['-', '_', ' ', '\''], "");
     if name.eq_ignore_ascii_case("client_encoding") {
         let c = norm(client);
         return norm(server) == c || (norm(server) == "utf8" && c == "unicode");

@@ -2,13 +2,14 @@
 
 use std::time::Instant;
 
+use super::deallocate::{is_discard_all, parse_deallocate};
 use super::error::FrontendError;
 use super::execute::Work;
+use super::listen::{parse_listen, Listen};
 use smallvec::SmallVec;
 
 use super::route::{combine, decide, Decision};
 use super::session::{Session, Tx};
-use super::settings::UNKNOWN;
 use crate::protocol::messages::{
     command_complete, empty_query_response, parse_query, ready_for_query,
 };
@@ -37,10 +38,22 @@ impl Session {
             // A transaction that spans nodes ends on all of them together.
             if shapes.len() == 1 && matches!(shapes[0].command, Command::Commit | Command::Rollback)
             {
-                if let Some(tag) = self
+                let was_failed = self.status() == b'E';
+                let ended = self
                     .end_spanning(shapes[0].command == Command::Commit)
-                    .await?
-                {
+                    .await?;
+                self.settle_settings(
+                    None,
+                    &[if ended == Some("COMMIT") {
+                        Command::Commit
+                    } else {
+                        Command::Rollback
+                    }],
+                    true,
+                    was_failed,
+                    false,
+                );
+                if let Some(tag) = ended {
                     self.write(&command_complete(tag));
                 }
                 self.write(&ready_for_query(self.status()));
@@ -54,16 +67,54 @@ impl Session {
                 ));
             }
         }
-        if self.attached.is_none() && shapes.len() == 1 {
-            if let Some(tag) = self.local_transaction_control(shapes[0].command, sql) {
+        // One statement the proxy may answer itself: not one the analyzer
+        // read among others it has no shape for ("BEGIN; NOTIFY x").
+        let alone = shapes.len() == 1
+            && (!shapes[0].command.needs_no_table() || split_statements(sql).len() == 1);
+        if self.attached.is_none()
+            && alone
+            && matches!(self.tx, Tx::Deferred { .. })
+            && matches!(shapes[0].command, Command::Set | Command::Reset)
+            && self.sets_reported(sql)
+        {
+            return self.probe_deferred_set(sql).await;
+        }
+        if self.attached.is_none() && alone {
+            if let Some(tag) = self.local_transaction_control(shapes[0].command, sql).await {
                 self.write(&command_complete(&tag));
-                self.write(&ready_for_query(self.status()));
+                self.ready_now();
                 return Ok(());
             }
         }
         if self.tx == Tx::Failed {
             self.failed_tx_error();
             return Ok(());
+        }
+        if shapes.len() == 1 {
+            if let Some(l) = parse_listen(sql) {
+                return self.listen_command(l).await;
+            }
+        } else if self.notes.is_some() || sql.to_ascii_lowercase().contains("listen") {
+            // LISTEN/UNLISTEN among other statements (a driver's reset):
+            // the subscriptions follow; the server runs them too, harmlessly.
+            for piece in split_statements(sql) {
+                if let Some(l) = parse_listen(piece) {
+                    self.apply_listen(l).await?;
+                }
+            }
+        }
+        let discard = shapes.len() == 1 && is_discard_all(sql);
+        let executes = match shapes.len() == 1 && !self.statements.is_empty() {
+            true => self.execute_sql_of(sql),
+            false => None,
+        };
+        let f = executes.as_ref().unwrap_or(f);
+        if shapes.len() == 1 && self.status() != b'E' {
+            if let Some(what) = parse_deallocate(sql) {
+                if self.deallocate(what) {
+                    return Ok(());
+                }
+            }
         }
         if shapes.len() == 1
             && shapes[0].command == Command::Copy
@@ -86,39 +137,57 @@ impl Session {
             }
             combine(&each)?
         };
-        // A session-level SET/RESET changes what the connection carries;
-        // inside a transaction its fate is unknown, so force a reset later.
-        let mut next_settings = None;
-        let mut session_after = None;
-        if shapes
+        // A session-level SET/RESET changes what the connection carries,
+        // and what the client's next connections must carry.
+        let plan = if shapes
             .iter()
             .any(|s| matches!(s.command, Command::Set | Command::Reset | Command::Other))
         {
-            let mut s = self.settings.clone();
-            let mut changed = false;
             let pieces = if shapes.len() == 1 {
                 vec![sql]
             } else {
                 split_statements(sql)
             };
-            for piece in pieces {
-                changed |= s.apply(piece);
-            }
-            if changed {
-                let in_tx = self.tx != Tx::None
-                    || self.attached.is_some()
-                    || shapes.iter().any(|s| s.command == Command::Begin);
-                session_after = Some(if in_tx { UNKNOWN } else { s.fingerprint() });
-                if !in_tx {
-                    next_settings = Some(s);
-                }
-            }
+            let opens_tx = shapes.iter().any(|s| s.command == Command::Begin);
+            self.plan_settings(pieces.into_iter(), opens_tx)
+        } else {
+            None
+        };
+        if shapes.iter().any(|s| s.command == Command::Other) {
+            self.note_schema_changes(split_statements(sql).into_iter());
         }
+        if shapes
+            .iter()
+            .any(|s| matches!(s.command, Command::Select | Command::Other))
+        {
+            self.note_sender(std::iter::once(sql));
+        }
+        let pinned = shapes
+            .iter()
+            .any(|s| matches!(s.command, Command::Select | Command::Other))
+            && self.pin_for(std::iter::once(sql));
+        let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
-            .execute(decision, Work::Simple(f), started, session_after)
-            .await?;
-        if let (Some(s), false) = (next_settings, outcome.error) {
-            self.settings = s;
+            .execute(
+                decision,
+                Work::Simple(f),
+                started,
+                plan.as_ref().map(|p| p.session_after()),
+            )
+            .await;
+        self.may_notify = false;
+        if pinned && outcome.as_ref().map_or(true, |o| o.error) {
+            self.unpin();
+        }
+        let outcome = outcome?;
+        if discard && !outcome.error {
+            self.forget_statements();
+            self.apply_listen(Listen::Unlisten(None)).await?;
+            self.unpin();
+        }
+        if plan.is_some() || was_in_tx {
+            let commands: SmallVec<[Command; 4]> = shapes.iter().map(|s| s.command).collect();
+            self.settle_settings(plan, &commands, was_in_tx, was_failed, outcome.error);
         }
         Ok(())
     }
@@ -126,28 +195,28 @@ impl Session {
     /// Transaction control the proxy answers itself while no server
     /// connection is attached; returns the command tag, or None when the
     /// statement must go to a server.
-    fn local_transaction_control(&mut self, command: Command, sql: &str) -> Option<String> {
+    async fn local_transaction_control(&mut self, command: Command, sql: &str) -> Option<String> {
+        match (&self.tx, command) {
+            (Tx::Deferred { .. } | Tx::Failed, Command::Commit | Command::Rollback) => {
+                let failed = self.tx == Tx::Failed;
+                self.tx = Tx::None;
+                let commit = command == Command::Commit && !failed;
+                self.end_local_tx(commit).await;
+                return Some(if commit { "COMMIT" } else { "ROLLBACK" }.into());
+            }
+            (Tx::Deferred { .. }, Command::Set | Command::Reset) => {
+                if let Some(plan) = self.plan_settings(std::iter::once(sql), true) {
+                    self.pending = Some(plan.next);
+                }
+            }
+            _ => {}
+        }
         match (&mut self.tx, command) {
             (Tx::None, Command::Begin) => {
                 self.tx = Tx::Deferred {
                     prelude: vec![sql.to_string()],
                 };
                 Some("BEGIN".into())
-            }
-            (Tx::Deferred { .. }, Command::Commit | Command::Rollback) => {
-                self.tx = Tx::None;
-                Some(
-                    if command == Command::Commit {
-                        "COMMIT"
-                    } else {
-                        "ROLLBACK"
-                    }
-                    .into(),
-                )
-            }
-            (Tx::Failed, Command::Commit | Command::Rollback) => {
-                self.tx = Tx::None;
-                Some("ROLLBACK".into())
             }
             (Tx::Deferred { prelude }, Command::Set | Command::Savepoint | Command::Reset) => {
                 // Queued until the transaction picks its node.

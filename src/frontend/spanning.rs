@@ -26,7 +26,12 @@ pub fn status_of(conns: &[Checkout]) -> u8 {
 
 impl Session {
     pub(super) fn in_transaction(&self) -> bool {
-        self.attached.is_some() || !self.joined.is_empty() || self.tx != Tx::None
+        // A pinned connection between transactions is not one.
+        self.attached
+            .as_ref()
+            .is_some_and(|c| self.pin.is_none() || c.status != b'I')
+            || !self.joined.is_empty()
+            || self.tx != Tx::None
     }
 
     /// Refuses work on every node inside a transaction that cannot span nodes.

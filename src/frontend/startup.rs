@@ -16,6 +16,7 @@ use crate::config::AuthMethod;
 use crate::protocol::messages::{
     authentication, backend_key_data, error_response, parameter_status, ready_for_query,
 };
+use crate::protocol::params::ParamSet;
 use crate::protocol::startup::{try_startup, Startup};
 use crate::protocol::{sqlstate, try_frame};
 
@@ -69,6 +70,11 @@ pub async fn handle_client(
         )
         .await;
     }
+    if database != shared.config.proxy.database && shared.pools.len() == 1 {
+        authenticate(&shared, &mut stream, &mut buf, &user).await?;
+        let params = params.clone();
+        return super::passthrough::pass_through(&shared, stream, buf, &params, &database).await;
+    }
     if database != shared.config.proxy.database {
         let msg = format!(
             "database \"{database}\" does not exist (this proxy serves \"{}\")",
@@ -80,12 +86,19 @@ pub async fn handle_client(
 
     let mut out = BytesMut::with_capacity(1024);
     out.extend_from_slice(&authentication(0, &[]).bytes);
+    let mut reported = ParamSet::default();
     for (k, v) in &shared.server_params {
         let client = params
             .iter()
             .find(|(ck, _)| ck.eq_ignore_ascii_case(k) && CLIENT_REPORTED.contains(&k.as_str()));
-        let v = client.map(|(_, cv)| cv.as_str()).unwrap_or(v);
+        // The client's value, as the server would report it: the server's
+        // own spelling when they mean the same.
+        let v = match client {
+            Some((_, cv)) if !super::settings::same_value(k, v, cv) => cv.as_str(),
+            _ => v,
+        };
         out.extend_from_slice(&parameter_status(k, v).bytes);
+        reported.set(k, v);
     }
     let (key, slot) = shared.cancels.register();
     out.extend_from_slice(&backend_key_data(key.0, key.1).bytes);
@@ -98,9 +111,18 @@ pub async fn handle_client(
         .source(startup.param("application_name").unwrap_or(""), &user);
     let (rd, wr) = stream.into_split();
     shared.metrics.client_connections.inc();
-    let result = Session::new(shared.clone(), rd, wr, buf, settings, slot, source)
-        .run()
-        .await;
+    let result = Session::new(
+        shared.clone(),
+        rd,
+        wr,
+        buf,
+        settings,
+        reported,
+        (key.0, slot),
+        source,
+    )
+    .run()
+    .await;
     shared.metrics.client_connections.dec();
     shared.cancels.unregister(key);
     result

@@ -6,6 +6,7 @@
 pub mod copy;
 pub mod framing;
 pub mod messages;
+pub mod params;
 pub mod rows;
 pub mod sqlstate;
 pub mod startup;

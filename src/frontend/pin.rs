@@ -1,0 +1,111 @@
+//! Session state a transaction pooler cannot move: a `WITH HOLD` cursor, a
+//! session-level advisory lock, a temporary table, a statement of SQL
+//! `PREPARE`. They live in one server connection, so once a client makes
+//! one, it keeps that connection — pinned — until `DISCARD ALL` or the end
+//! of its session, instead of losing them silently on the next checkout.
+//! (The proxy cannot tell when the last of them is gone: `CLOSE`, `DROP`
+//! or an unlock leave the pin in place.) On several nodes, a pinned client's
+//! statements for another node are refused with `0A000`, naming the pin.
+
+use super::error::FrontendError;
+use super::session::Session;
+use crate::protocol::sqlstate;
+
+/// What in a statement must stay on its server connection, if anything.
+pub fn session_feature(sql: &str) -> Option<&'static str> {
+    let has = |needle: &str| {
+        sql.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    let mut words = sql
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or("");
+    let second = words.next().unwrap_or("");
+    let third = words.next().unwrap_or("");
+    let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
+    if is(first, "declare") && has("with hold") {
+        return Some("a WITH HOLD cursor");
+    }
+    if is(first, "prepare") && !is(second, "transaction") {
+        return Some("a statement of SQL PREPARE");
+    }
+    let temp = |w: &str| is(w, "temp") || is(w, "temporary");
+    if is(first, "create")
+        && (temp(second) || ((is(second, "local") || is(second, "global")) && temp(third)))
+    {
+        return Some("a temporary table");
+    }
+    if is(first, "select") && has(" into temp") {
+        return Some("a temporary table");
+    }
+    if has("advisory_lock") && !has("advisory_lock_all") {
+        // pg_advisory_lock, pg_try_advisory_lock and their _shared forms;
+        // pg_advisory_xact_lock ends with its transaction.
+        return Some("a session-level advisory lock");
+    }
+    None
+}
+
+impl Session {
+    /// Before statements run: pins the client to the connection they run
+    /// on if they make session state; true if this pinned it (the caller
+    /// unpins if they fail).
+    pub(super) fn pin_for<'a>(&mut self, mut statements: impl Iterator<Item = &'a str>) -> bool {
+        if self.pin.is_some() {
+            return false;
+        }
+        self.pin = statements.find_map(session_feature);
+        self.pin.is_some()
+    }
+
+    /// `DISCARD ALL` dropped whatever pinned the client.
+    pub(super) fn unpin(&mut self) {
+        if self.pin.take().is_some() {
+            self.release_if_idle();
+        }
+    }
+
+    /// A pinned client's statement for another node than its pin's.
+    pub(super) fn refuse_other_node(&self, node: crate::ring::NodeId) -> Result<(), FrontendError> {
+        let (Some(reason), Some(c)) = (self.pin, self.attached.as_ref()) else {
+            return Ok(());
+        };
+        if c.node() == node || c.status != b'I' {
+            return Ok(());
+        }
+        let names = self.shared.routing.peek();
+        Err(FrontendError::route(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "this session keeps its connection to shard node \"{}\" for {reason}; a statement for node \"{}\" cannot run in it",
+                names.nodes()[c.node()],
+                names.nodes()[node]
+            ),
+            "run DISCARD ALL to release it, or use another session for other shard keys".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_feature;
+
+    #[test]
+    fn recognises_what_must_stay_on_a_connection() {
+        assert!(session_feature("DECLARE c CURSOR WITH HOLD FOR SELECT 1").is_some());
+        assert!(session_feature("declare c cursor for select 1").is_none());
+        assert!(session_feature("SELECT pg_advisory_lock(1)").is_some());
+        assert!(session_feature("select pg_try_advisory_lock_shared(1, 2)").is_some());
+        assert!(session_feature("SELECT pg_advisory_xact_lock(1)").is_none());
+        assert!(session_feature("SELECT pg_advisory_unlock_all()").is_none());
+        assert!(session_feature("CREATE TEMP TABLE t (a int)").is_some());
+        assert!(session_feature("create local temporary table t (a int)").is_some());
+        assert!(session_feature("CREATE TABLE t (a int)").is_none());
+        assert!(session_feature("SELECT 1 INTO TEMP t").is_some());
+        assert!(session_feature("PREPARE p AS SELECT 1").is_some());
+        assert!(session_feature("PREPARE TRANSACTION 'x'").is_none());
+        assert!(session_feature("SELECT * FROM accounts WHERE id = 1").is_none());
+    }
+}
