@@ -221,7 +221,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .rsplit_once(':')
         .unwrap_or(("127.0.0.1", "6432"));
     println!(
-        "\nshardcast is running. Try:\n  psql -h {host} -p {port} -U postgres {db}\n  curl http://{admin}/api/routing\n  open http://{admin}/ for the status page\nCtrl-C stops it.",
+        "\nshardcast is running. Try:\n  psql -h {host} -p {port} -U postgres {db}\n  curl http://{admin}/api/routing\n  open http://{admin}/ for the status page\n  target/release/shardcast plan --admin http://{admin}   (what the planner would move, and why)\nCtrl-C stops it.",
         db = config.proxy.database,
         admin = config.proxy.admin_listen
     );
