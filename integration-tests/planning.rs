@@ -66,7 +66,11 @@ async fn plan_names_the_hot_node_and_a_move_off_it() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let out = tokio::task::block_in_place(|| run_cli(&proxy, &["--json"]));
         let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
-        if plan["decisions"].as_array().is_some_and(|d| !d.is_empty()) {
+        // A decision, priced with the bytes the monitor has sampled.
+        if plan["decisions"].as_array().is_some_and(|d| {
+            d.first()
+                .is_some_and(|d| d["cost"]["bytes"].as_u64() > Some(0))
+        }) {
             break plan;
         }
         assert!(
@@ -109,11 +113,24 @@ async fn plan_names_the_hot_node_and_a_move_off_it() {
         "{m:#}"
     );
     assert!(m["latency_ms"].as_f64().is_some());
-    let metrics = proxy.admin_get("/metrics");
-    assert!(metrics.contains("shardcast_monitor_node_utilization{node=\"n0\"}"));
-    assert!(metrics.contains("shardcast_planner_decisions_total{kind=\"move\"}"));
-    let page = proxy.admin_get("/");
-    assert!(page.contains("<h2>Planner (predictive)</h2>") && page.contains("n0 is expected at"));
+    // The periodic round (every second here) logs, counts and shows the same.
+    let started = Instant::now();
+    loop {
+        let metrics = proxy.admin_get("/metrics");
+        let page = proxy.admin_get("/");
+        let counted = metrics.contains("shardcast_planner_decisions_total{kind=\"move\"}");
+        let shown =
+            page.contains("<h2>Planner (predictive)</h2>") && page.contains("n0 is expected at");
+        if counted && shown {
+            assert!(metrics.contains("shardcast_monitor_node_utilization{node=\"n0\"}"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the planner round did not count or show its decision (counted {counted}, shown {shown})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     for l in load {
         l.abort();
     }
