@@ -52,7 +52,7 @@ async fn plan_names_the_hot_node_and_a_move_off_it() {
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
             let started = Instant::now();
             let mut i = 0;
-            while started.elapsed() < Duration::from_secs(40) {
+            while started.elapsed() < Duration::from_secs(60) {
                 tick.tick().await;
                 c.query_one(&st, &[&ids[i % ids.len()]]).await.unwrap();
                 i += 1;
@@ -113,7 +113,9 @@ async fn plan_names_the_hot_node_and_a_move_off_it() {
         "{m:#}"
     );
     assert!(m["latency_ms"].as_f64().is_some());
-    // The periodic round (every second here) logs, counts and shows the same.
+    // The periodic round (every second here) logs, counts and shows the same
+    // (it may first see the forecasts' start-up margins, which take ~15 s to
+    // settle, where the first /api/plan saw no forecast yet).
     let started = Instant::now();
     loop {
         let metrics = proxy.admin_get("/metrics");
@@ -126,7 +128,7 @@ async fn plan_names_the_hot_node_and_a_move_off_it() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < Duration::from_secs(30),
             "the planner round did not count or show its decision (counted {counted}, shown {shown})"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
