@@ -87,7 +87,7 @@ def start_node():
     return port
 
 
-def start_pgbouncer(node_port):
+def start_pgbouncer(node_port, max_clients=2000):
     d = tempfile.mkdtemp(prefix="sc-bench-pgb-")
     cleanup_dirs.append(d)
     port = free_port()
@@ -104,12 +104,15 @@ auth_type = trust
 auth_file = {d}/users.txt
 pool_mode = transaction
 default_pool_size = 20
-max_client_conn = 2000
+max_client_conn = {max_clients}
 logfile = {d}/pgb.log
 """)
     if os.geteuid() == 0:
         run(["chown", "-R", "postgres", d])
-    p = subprocess.Popen(as_postgres(["pgbouncer", os.path.join(d, "pgb.ini")]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # runuser resets the soft open-file limit to 1024: raise it for PgBouncer.
+    nofile = max_clients + 200
+    cmd = ["sh", "-c", f"ulimit -n {nofile} && exec pgbouncer {os.path.join(d, 'pgb.ini')}"]
+    p = subprocess.Popen(as_postgres(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs.append(("proc", p))
     wait_port(port)
     # runuser forks pgbouncer: measure the child's CPU.
