@@ -124,7 +124,9 @@ impl Session {
             rd,
             wr,
             rbuf,
-            wbuf: BytesMut::with_capacity(16 * 1024),
+            // Small at first (an idle client costs little); it grows once to
+            // what the client's replies need and keeps that capacity.
+            wbuf: BytesMut::with_capacity(1024),
             attached: None,
             joined: Vec::new(),
             tx_begin: Vec::new(),
@@ -136,7 +138,7 @@ impl Session {
             batch: Vec::new(),
             batch_bytes: 0,
             decoded: Default::default(),
-            sbuf: BytesMut::with_capacity(1024),
+            sbuf: BytesMut::new(),
             exchange: Default::default(),
             moved: false,
             flushes: 0,

@@ -34,7 +34,8 @@ pub async fn handle_client(
     mut stream: TcpStream,
 ) -> Result<(), FrontendError> {
     let _ = stream.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Becomes the session's read buffer: small until the client sends more.
+    let mut buf = BytesMut::with_capacity(1024);
     let startup = loop {
         let next = match read_startup(&mut stream, &mut buf).await {
             Ok(s) => s,
