@@ -105,7 +105,6 @@ impl Monitor {
 /// Counters at the previous sample, to turn into rates.
 #[derive(Default, Clone)]
 struct Previous {
-    requests: u64,
     latency_count: u64,
     latency_sum: f64,
     errors: u64,
@@ -132,7 +131,6 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut last = Instant::now();
     let mut sizes: HashMap<PartitionId, u64> = HashMap::new();
     let mut sizes_at: Option<Instant> = None;
-    let mut first = true;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -143,22 +141,24 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         let secs = last.elapsed().as_secs_f64().max(1e-3);
         last = Instant::now();
         let table = shared.routing.load();
-        // Per partition and per node: requests since the last sample.
+        // Per partition and per node: requests since the last sample (summed
+        // per node from the partitions' increases, so a partition that just
+        // moved does not bring its whole history with it).
         let totals = shared.recorder.totals();
         let mut parts = HashMap::with_capacity(totals.len());
         let mut node_requests = vec![0u64; shared.pools.len()];
         for (id, b) in totals {
             let n = b.requests();
-            let before = prev_parts.insert(id, n).unwrap_or(n);
+            let delta = n.saturating_sub(prev_parts.insert(id, n).unwrap_or(n));
             if let Some(p) = table.index_of(id).map(|i| &table.partitions()[i]) {
                 if let Some(slot) = node_requests.get_mut(p.node) {
-                    *slot += n;
+                    *slot += delta;
                 }
             }
             parts.insert(
                 id,
                 PartitionSample {
-                    requests_per_sec: n.saturating_sub(before) as f64 / secs,
+                    requests_per_sec: delta as f64 / secs,
                     bytes: sizes.get(&id).copied(),
                 },
             );
@@ -188,11 +188,7 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 + stats
                     .checkout_timeouts
                     .load(std::sync::atomic::Ordering::Relaxed);
-            let requests_per_sec = if first {
-                0.0
-            } else {
-                node_requests[n].saturating_sub(p.requests) as f64 / secs
-            };
+            let requests_per_sec = node_requests[n] as f64 / secs;
             let server = servers.sample(n, pool, secs).await;
             let capacity_qps = cfg.and_then(|c| c.capacity_qps);
             out.push(NodeSample {
@@ -210,12 +206,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 host: hosts.sample(n, secs).await,
                 at: unix_now(),
             });
-            p.requests = node_requests[n];
             p.latency_count = count;
             p.latency_sum = sum;
             p.errors = errors;
         }
-        first = false;
         shared.monitor.nodes.store(Arc::new(out));
         shared.monitor.partitions.store(Arc::new(parts));
     }
