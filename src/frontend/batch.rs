@@ -266,22 +266,15 @@ impl Session {
                 _ => None,
             }));
         }
-        if commands
-            .iter()
-            .any(|c| matches!(c, Command::Select | Command::Other))
-        {
-            self.note_sender(msgs.iter().filter_map(|m| match m {
+        let pinned = self.before_statements(
+            msgs.iter().filter_map(|m| match m {
                 Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
                 _ => None,
-            }));
-        }
-        let pinned = commands
-            .iter()
-            .any(|c| matches!(c, Command::Select | Command::Other))
-            && self.pin_for(msgs.iter().filter_map(|m| match m {
-                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
-                _ => None,
-            }));
+            }),
+            commands
+                .iter()
+                .any(|c| matches!(c, Command::Select | Command::Other)),
+        );
         let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
             .execute(
@@ -291,10 +284,7 @@ impl Session {
                 plan.as_ref().map(|p| p.session_after()),
             )
             .await;
-        self.may_notify = false;
-        if pinned && outcome.as_ref().map_or(true, |o| o.error) {
-            self.unpin();
-        }
+        self.after_statements(pinned, outcome.as_ref().map_or(true, |o| o.error));
         let outcome = outcome?;
 
         if plan.is_some() || was_in_tx {

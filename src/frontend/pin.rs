@@ -52,12 +52,35 @@ impl Session {
     /// Before statements run: pins the client to the connection they run
     /// on if they make session state; true if this pinned it (the caller
     /// unpins if they fail).
-    pub(super) fn pin_for<'a>(&mut self, mut statements: impl Iterator<Item = &'a str>) -> bool {
+    fn pin_for<'a>(&mut self, mut statements: impl Iterator<Item = &'a str>) -> bool {
         if self.pin.is_some() {
             return false;
         }
         self.pin = statements.find_map(session_feature);
         self.pin.is_some()
+    }
+
+    /// Before statements that may read or act (`acts`): notes them as a
+    /// possible NOTIFY's sender and pins the client if they make session
+    /// state; true if this pinned it (pass it to `after_statements`).
+    pub(super) fn before_statements<'a>(
+        &mut self,
+        statements: impl Iterator<Item = &'a str> + Clone,
+        acts: bool,
+    ) -> bool {
+        if !acts {
+            return false;
+        }
+        self.note_sender(statements.clone());
+        self.pin_for(statements)
+    }
+
+    /// After them: a pin they took is dropped again if they failed.
+    pub(super) fn after_statements(&mut self, pinned: bool, failed: bool) {
+        self.may_notify = false;
+        if pinned && failed {
+            self.unpin();
+        }
     }
 
     /// `DISCARD ALL` dropped whatever pinned the client.

@@ -156,16 +156,12 @@ impl Session {
         if shapes.iter().any(|s| s.command == Command::Other) {
             self.note_schema_changes(split_statements(sql).into_iter());
         }
-        if shapes
-            .iter()
-            .any(|s| matches!(s.command, Command::Select | Command::Other))
-        {
-            self.note_sender(std::iter::once(sql));
-        }
-        let pinned = shapes
-            .iter()
-            .any(|s| matches!(s.command, Command::Select | Command::Other))
-            && self.pin_for(std::iter::once(sql));
+        let pinned = self.before_statements(
+            std::iter::once(sql),
+            shapes
+                .iter()
+                .any(|s| matches!(s.command, Command::Select | Command::Other)),
+        );
         let (was_in_tx, was_failed) = (self.in_transaction(), self.status() == b'E');
         let outcome = self
             .execute(
@@ -175,10 +171,7 @@ impl Session {
                 plan.as_ref().map(|p| p.session_after()),
             )
             .await;
-        self.may_notify = false;
-        if pinned && outcome.as_ref().map_or(true, |o| o.error) {
-            self.unpin();
-        }
+        self.after_statements(pinned, outcome.as_ref().map_or(true, |o| o.error));
         let outcome = outcome?;
         if discard && !outcome.error {
             self.forget_statements();
