@@ -28,7 +28,6 @@ ASYNCPG (0.30.0).
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -39,6 +38,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CACHE = os.path.join(ROOT, "integration-tests", "bench", ".driver-suite")
 PGBIN = "/usr/lib/postgresql/15/bin"
 VERSION = os.environ.get("ASYNCPG", "0.30.0")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pgbench_compare import as_postgres, free_port, run, wait_port  # noqa: E402
 MODULE_TIMEOUT = int(os.environ.get("MODULE_TIMEOUT", "120"))
 PROFILE = os.environ.get("PROFILE", "debug")
 
@@ -48,33 +50,6 @@ cleanup_dirs = []
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def as_postgres(args):
-    return (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + args
-
-
-def run(args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
-
-
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def fetch_suite():
@@ -148,7 +123,7 @@ size = 40
     p = subprocess.Popen([binary, "run", "--config", path], stdout=out, stderr=out,
                          env={**os.environ, "SHARDCAST_LOG": os.environ.get("SHARDCAST_LOG", "warn")})
     procs.append(("proc", p))
-    wait_port(port)
+    wait_port(port, timeout=30)
     return port
 
 
@@ -181,7 +156,7 @@ logfile = {d}/pgb.log
     p = subprocess.Popen(as_postgres(["pgbouncer", os.path.join(d, "pgb.ini")]), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     procs.append(("proc", p))
-    wait_port(port)
+    wait_port(port, timeout=30)
     return port
 
 
