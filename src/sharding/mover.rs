@@ -45,6 +45,16 @@ pub struct Stop {
     pub committed: bool,
 }
 
+/// A catalog transaction holding the epoch lock.
+async fn epoch_locked(catalog: &mut Client) -> Result<tokio_postgres::Transaction<'_>, Stop> {
+    let tx = catalog
+        .transaction()
+        .await
+        .map_err(|e| stop(e.to_string()))?;
+    epochs::lock(&tx).await.map_err(stop)?;
+    Ok(tx)
+}
+
 fn stop(reason: impl Into<String>) -> Stop {
     Stop {
         reason: reason.into(),
@@ -601,12 +611,7 @@ impl Move<'_> {
         F: FnOnce(&mut Vec<crate::ring::Partition>) -> Result<(), &'static str>,
     {
         let nodes = self.shared.routing.peek().nodes().to_vec();
-        let tx = self
-            .catalog
-            .transaction()
-            .await
-            .map_err(|e| stop(e.to_string()))?;
-        epochs::lock(&tx).await.map_err(stop)?;
+        let tx = epoch_locked(&mut *self.catalog).await?;
         let next = epochs::change(
             &tx,
             &nodes,

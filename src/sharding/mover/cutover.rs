@@ -114,12 +114,7 @@ impl Move<'_> {
         phases.push(("validate", mark.elapsed()));
         let mark = Instant::now();
         let next = {
-            let tx = self
-                .catalog
-                .transaction()
-                .await
-                .map_err(|e| stop(e.to_string()))?;
-            epochs::lock(&tx).await.map_err(stop)?;
+            let tx = epoch_locked(&mut *self.catalog).await?;
             let nodes = self.shared.routing.peek().nodes().to_vec();
             let cur = epochs::latest(&tx, &nodes)
                 .await
@@ -180,12 +175,7 @@ impl Move<'_> {
     /// Rebuilds `node`'s fence from the latest table (under the epoch lock).
     async fn fence(&mut self, c: &Client, node: NodeId) -> Result<(), Stop> {
         let nodes = self.shared.routing.peek().nodes().to_vec();
-        let tx = self
-            .catalog
-            .transaction()
-            .await
-            .map_err(|e| stop(e.to_string()))?;
-        epochs::lock(&tx).await.map_err(stop)?;
+        let tx = epoch_locked(&mut *self.catalog).await?;
         let cur = epochs::latest(&tx, &nodes)
             .await
             .map_err(stop)?
