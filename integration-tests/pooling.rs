@@ -95,3 +95,70 @@ async fn a_pooled_connection_terminated_while_idle_is_replaced() {
         .get(0);
     assert_ne!(other, pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_in_arrival_order_and_time_out_with_53300() {
+    let cluster = Cluster::start(1);
+    cluster.on_all("CREATE TABLE served (n serial, who int)");
+    let proxy = Proxy::builder()
+        .pool_size(1)
+        .checkout_timeout_ms(1500)
+        .start(&cluster);
+    // The holder keeps the only server connection inside its transaction.
+    let holder = proxy.client().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut waiting = Vec::new();
+    for who in 0..5i32 {
+        let c = proxy.client().await;
+        waiting.push(tokio::spawn(async move {
+            c.execute("INSERT INTO served (who) VALUES ($1)", &[&who])
+                .await
+                .unwrap();
+        }));
+        // Each is queued before the next arrives.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    for w in waiting {
+        w.await.unwrap();
+    }
+    let order = cluster.nodes[0].psql(
+        &cluster.db,
+        "SELECT string_agg(who::text, ',' ORDER BY n) FROM served",
+    );
+    assert_eq!(order, "0,1,2,3,4", "served in the order they came");
+
+    // A wait longer than checkout_timeout_ms fails with 53300; nothing else does.
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let late = proxy.client().await;
+    let started = std::time::Instant::now();
+    let err = late.simple_query("SELECT 2").await.unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("53300"),
+        "{err:?}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1500)
+            && waited < std::time::Duration::from_secs(4),
+        "timed out after {waited:?}"
+    );
+    let two: i32 = holder.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2, "the holder's transaction goes on");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let three: i32 = late.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(
+        three, 3,
+        "the client that timed out is served once the connection is free"
+    );
+
+    let metrics = proxy.admin_get("/metrics");
+    let waits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("shardcast_backend_pool_wait_seconds_count{node=\"n0\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .expect("pool wait histogram in /metrics");
+    assert!(waits >= 5.0, "{waits} waits counted");
+}

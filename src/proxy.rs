@@ -41,6 +41,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     let names: Vec<String> = config.nodes.iter().map(|n| n.name.clone()).collect();
     let seed = RoutingTable::even(1, config.sharding.partitions, names.clone())
         .context("building the initial routing table")?;
+    let metrics = Arc::new(Metrics::new(&names));
     let mut pools = Vec::new();
     for (i, n) in config.nodes.iter().enumerate() {
         let target = NodeTarget::from_url(&n.name, &n.url)
@@ -50,6 +51,7 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
             target,
             config.pool.size,
             Duration::from_millis(config.pool.checkout_timeout_ms),
+            metrics.pool_wait[i].clone(),
         ));
     }
     let mut server_params = None;
@@ -81,7 +83,6 @@ pub async fn build_shared(config: Config) -> anyhow::Result<Arc<Shared>> {
     };
     let table = routing_from_catalog(&catalog_target, &config, seed).await?;
     let catalog = crate::catalog::Catalog::new(catalog_target, &config.proxy.listen);
-    let metrics = Arc::new(Metrics::new(&names));
     let recorder = Arc::new(Recorder::new(
         config.recorder.enabled,
         config.recorder.history_minutes,

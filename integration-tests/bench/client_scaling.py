@@ -59,6 +59,36 @@ def idle_clients(port, db, n):
     return socks
 
 
+def pool_waits(pid):
+    """shardcast's pool-wait histogram (cumulative buckets, sum, count) from /metrics."""
+    if pid not in pc.ADMIN:
+        return None
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{pc.ADMIN[pid]}/metrics", timeout=10).read().decode()
+    buckets, total, count = {}, 0.0, 0
+    for line in text.splitlines():
+        if line.startswith("shardcast_backend_pool_wait_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets[float(le)] = buckets.get(float(le), 0) + int(float(line.split()[-1]))
+        elif line.startswith("shardcast_backend_pool_wait_seconds_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith("shardcast_backend_pool_wait_seconds_count"):
+            count += int(float(line.split()[-1]))
+    return buckets, total, count
+
+
+def wait_spread(before, after):
+    """(waits, mean ms, longest ms as the bound of the highest bucket used) between two scrapes."""
+    if not before or not after:
+        return None
+    n = after[2] - before[2]
+    if n <= 0:
+        return (0, 0.0, 0.0)
+    mean = (after[1] - before[1]) / n
+    longest = min(le for le, c in after[0].items() if c - before[0].get(le, 0) >= n)
+    return (n, mean * 1000, longest * 1000)
+
+
 def svg(results):
     """Throughput and p99 against clients (log scale), both proxies, both modes."""
     w, h, m = 900, 360, 60
@@ -127,10 +157,12 @@ def main():
                 order = targets if r % 2 == 0 else list(reversed(targets))
                 for name, port, pid in order:
                     pc.CLIENTS, pc.THREADS = c, 2
-                    p0 = pc.proc_cpu(pid)
+                    p0, w0 = pc.proc_cpu(pid), pool_waits(pid)
                     tps, txs, lat = pc.pgbench(port, "app", mode)
-                    p1 = pc.proc_cpu(pid)
-                    res = results.setdefault((name, mode, c), {"tps": [], "lat": [], "cpu": [], "rss": []})
+                    p1, w1 = pc.proc_cpu(pid), pool_waits(pid)
+                    res = results.setdefault((name, mode, c), {"tps": [], "lat": [], "cpu": [], "rss": [], "wait": []})
+                    if wait_spread(w0, w1):
+                        res["wait"].append(wait_spread(w0, w1))
                     res["tps"].append(tps)
                     res["lat"].extend(lat)
                     res["cpu"].append((p1 - p0) / txs * 1e6)
@@ -153,6 +185,21 @@ def main():
                   f"| {pc.pct(b['lat'], 0.5):.2f} / {pc.pct(b['lat'], 0.99):.2f} "
                   f"| {statistics.median(s['cpu']):.1f} / {statistics.median(b['cpu']):.1f} "
                   f"| {max(s['rss']) / 1024:.0f} / {max(b['rss']) / 1024:.0f} |")
+    print("\nFairness: longest / mean latency as pgbench saw it (both), and shardcast's longest / mean wait "
+          "for a pooled connection (its /metrics histogram; longest = upper bound of the highest bucket used, "
+          "buckets 1.25x apart)\n")
+    print("| mode | clients | latency max/mean shardcast | latency max/mean PgBouncer | shardcast waits | mean wait ms | longest wait ms | longest/mean |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for mode in MODES:
+        for c in COUNTS:
+            s, b = results[("shardcast", mode, c)], results[("pgbouncer", mode, c)]
+            spread = lambda lat: max(lat) / statistics.mean(lat) if lat else float("nan")
+            waits = [w for w in s["wait"] if w[0] > 0]
+            n = sum(w[0] for w in waits)
+            mean = sum(w[0] * w[1] for w in waits) / n if n else 0.0
+            longest = max((w[2] for w in waits), default=0.0)
+            print(f"| {mode} | {c} | {spread(s['lat']):.1f} | {spread(b['lat']):.1f} | {n} | {mean:.2f} | {longest:.2f} "
+                  f"| {longest / mean if mean else float('nan'):.1f} |")
     svg(summary)
     print(f"\nplot: {os.path.relpath(SVG, pc.ROOT)}")
 

@@ -149,7 +149,12 @@ enabled = {"true" if recorder else "false"}
     p = subprocess.Popen([os.path.join(ROOT, "target/release/shardcast"), "run", "--config", path], stdout=log, stderr=log)
     procs.append(("proc", p))
     wait_port(port)
+    ADMIN[p.pid] = admin
     return port, p.pid
+
+
+# A started shardcast's admin port, by process id.
+ADMIN = {}
 
 
 def proc_cpu(pid):

@@ -11,6 +11,7 @@ pub struct ProxyBuilder {
     tables: Vec<(String, String, String)>,
     partitions: u32,
     pool_size: usize,
+    checkout_timeout_ms: Option<u64>,
     extra: String,
     node_keys: String,
     env: Vec<(String, String)>,
@@ -22,6 +23,7 @@ impl Default for ProxyBuilder {
             tables: Vec::new(),
             partitions: 16,
             pool_size: 20,
+            checkout_timeout_ms: None,
             extra: String::new(),
             node_keys: String::new(),
             env: Vec::new(),
@@ -40,6 +42,10 @@ impl ProxyBuilder {
     }
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
+        self
+    }
+    pub fn checkout_timeout_ms(mut self, ms: u64) -> Self {
+        self.checkout_timeout_ms = Some(ms);
         self
     }
     /// An environment variable for the proxy process.
@@ -79,9 +85,13 @@ impl ProxyBuilder {
             ));
         }
         c.push_str(&format!(
-            "[sharding]\npartitions = {}\n\n[pool]\nsize = {}\n\n",
+            "[sharding]\npartitions = {}\n\n[pool]\nsize = {}\n",
             self.partitions, self.pool_size
         ));
+        if let Some(ms) = self.checkout_timeout_ms {
+            c.push_str(&format!("checkout_timeout_ms = {ms}\n"));
+        }
+        c.push('\n');
         c.push_str(&self.extra);
         c
     }

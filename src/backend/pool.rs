@@ -1,17 +1,23 @@
 //! A pool of server connections for one node.
 //!
-//! A semaphore bounds the connections (in use + idle); idle ones sit on a
-//! small stack behind a mutex held for a push or a pop only. A checkout that
-//! is dropped without being healthy closes its connection rather than hand
-//! a half-finished transaction to the next client.
+//! At most `size` connections exist (idle + in use + being opened). A
+//! connection given back while clients wait goes straight to the one that
+//! has waited longest (first come, first served, as PgBouncer does), never
+//! through the idle stack, so a newcomer cannot overtake a waiter. Waiting
+//! costs one queue entry and no timer: one sweeper per pool, running only
+//! while someone waits, fails waits older than `checkout_timeout`. A
+//! checkout that is dropped without being healthy closes its connection
+//! (its place goes to the next waiter) rather than hand a half-finished
+//! transaction to the next client.
 
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
 use super::conn::{BackendError, NodeTarget, ServerConn};
 use crate::ring::NodeId;
@@ -27,17 +33,34 @@ pub struct PoolStats {
     pub checkout_timeouts: AtomicU64,
 }
 
+/// A client waiting for a connection.
+struct Waiter {
+    since: Instant,
+    give: oneshot::Sender<Checkout>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Boxed: a connection changes hands twice per transaction, and moving
+    /// a pointer is cheaper than moving the connection.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
+    waiters: VecDeque<Waiter>,
+    /// Connections that exist or are being opened.
+    open: usize,
+    /// A sweeper is running (there are or were waiters).
+    sweeping: bool,
+}
+
 pub struct Pool {
     pub node: NodeId,
     pub target: NodeTarget,
     size: usize,
     checkout_timeout: Duration,
-    /// Boxed: a connection changes hands twice per transaction, and moving
-    /// a pointer is cheaper than moving the connection.
-    #[allow(clippy::vec_box)]
-    idle: Mutex<Vec<Box<ServerConn>>>,
-    permits: Arc<Semaphore>,
+    state: Mutex<State>,
     pub stats: PoolStats,
+    /// How long checkouts waited for a connection (those that waited).
+    wait: prometheus::Histogram,
 }
 
 impl Pool {
@@ -46,15 +69,19 @@ impl Pool {
         target: NodeTarget,
         size: usize,
         checkout_timeout: Duration,
+        wait: prometheus::Histogram,
     ) -> Arc<Self> {
         Arc::new(Self {
             node,
             target,
             size,
             checkout_timeout,
-            idle: Mutex::new(Vec::with_capacity(size)),
-            permits: Arc::new(Semaphore::new(size)),
+            state: Mutex::new(State {
+                idle: Vec::with_capacity(size),
+                ..Default::default()
+            }),
             stats: PoolStats::default(),
+            wait,
         })
     }
 
@@ -64,63 +91,132 @@ impl Pool {
 
     /// A server connection for one transaction.
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, BackendError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
+        let mut c = match self.take() {
+            Ok(c) => c,
+            Err((since, given)) => {
                 self.stats.waiting.fetch_add(1, Ordering::Relaxed);
-                let started = Instant::now();
-                let got = tokio::time::timeout(
-                    self.checkout_timeout,
-                    self.permits.clone().acquire_owned(),
-                )
-                .await;
+                let got = given.await;
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                let waited = since.elapsed();
                 match got {
-                    Ok(Ok(p)) => p,
-                    _ => {
+                    Ok(c) => {
+                        self.wait.observe(waited.as_secs_f64());
+                        c
+                    }
+                    // The sweeper dropped the wait: too long.
+                    Err(_) => {
                         self.stats.checkout_timeouts.fetch_add(1, Ordering::Relaxed);
                         return Err(BackendError::PoolTimeout {
                             node: self.target.name.clone(),
-                            waited_ms: started.elapsed().as_millis() as u64,
+                            waited_ms: waited.as_millis() as u64,
                             size: self.size,
                         });
                     }
                 }
             }
         };
-        let idle = loop {
-            let Some(mut c) = self.idle.lock().pop() else {
-                break None;
-            };
-            if !c.server_left() {
-                break Some(c);
-            }
-            // Terminated while idle: dropped, never handed to a client.
-            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
-        };
-        let conn = match idle {
-            Some(c) => {
-                self.stats.idle.fetch_sub(1, Ordering::Relaxed);
-                c
-            }
-            // Boxed: connecting is rare and its future large.
-            None => match Box::pin(ServerConn::connect(&self.target)).await {
-                Ok(c) => {
+        if c.conn.is_none() {
+            // A place without a connection: open one. Boxed: connecting is
+            // rare and its future large. On failure the place is given back.
+            match Box::pin(ServerConn::connect(&self.target)).await {
+                Ok(conn) => {
                     self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    Box::new(c)
+                    c.conn = Some(Box::new(conn));
                 }
                 Err(e) => {
                     self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
                     return Err(e);
                 }
-            },
-        };
-        self.stats.in_use.fetch_add(1, Ordering::Relaxed);
-        Ok(Checkout {
-            conn: Some(conn),
-            pool: self.clone(),
-            _permit: permit,
-        })
+            }
+        }
+        Ok(c)
+    }
+
+    /// A connection (or a place to open one) now, or a place in the queue.
+    #[allow(clippy::type_complexity)]
+    fn take(self: &Arc<Self>) -> Result<Checkout, (Instant, oneshot::Receiver<Checkout>)> {
+        let mut s = self.state.lock();
+        while let Some(mut c) = s.idle.pop() {
+            self.stats.idle.fetch_sub(1, Ordering::Relaxed);
+            if !c.server_left() {
+                drop(s);
+                return Ok(Checkout::new(self, Some(c)));
+            }
+            // Terminated while idle: dropped, never handed to a client.
+            s.open -= 1;
+        }
+        if s.open < self.size {
+            s.open += 1;
+            drop(s);
+            return Ok(Checkout::new(self, None));
+        }
+        let (give, given) = oneshot::channel();
+        let since = Instant::now();
+        s.waiters.push_back(Waiter { since, give });
+        if !s.sweeping {
+            s.sweeping = true;
+            tokio::spawn(self.clone().sweep());
+        }
+        Err((since, given))
+    }
+
+    /// Gives a connection back (None: only its place): to the longest
+    /// waiting client still there, else to the idle stack.
+    fn give_back(self: &Arc<Self>, mut conn: Option<Box<ServerConn>>) {
+        loop {
+            let w = {
+                let mut s = self.state.lock();
+                match s.waiters.pop_front() {
+                    Some(w) => w,
+                    None => {
+                        match conn {
+                            Some(c) => {
+                                s.idle.push(c);
+                                self.stats.idle.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => s.open -= 1,
+                        }
+                        return;
+                    }
+                }
+            };
+            // Outside the lock: a waiter that left hands the connection
+            // back here, and the next one is tried.
+            match w.give.send(Checkout::new(self, conn)) {
+                Ok(()) => return,
+                Err(mut back) => conn = back.disarm(),
+            }
+        }
+    }
+
+    /// Runs while clients wait: fails waits older than the checkout
+    /// timeout and forgets waiters that left.
+    async fn sweep(self: Arc<Self>) {
+        let tick = (self.checkout_timeout / 20)
+            .clamp(Duration::from_millis(5), Duration::from_millis(250));
+        loop {
+            tokio::time::sleep(tick).await;
+            let mut expired = Vec::new();
+            let mut s = self.state.lock();
+            while s
+                .waiters
+                .front()
+                .is_some_and(|w| w.since.elapsed() >= self.checkout_timeout)
+            {
+                expired.extend(s.waiters.pop_front());
+            }
+            s.waiters.retain(|w| !w.give.is_closed());
+            let done = s.waiters.is_empty();
+            if done {
+                s.sweeping = false;
+            }
+            drop(s);
+            // Dropping a waiter's sender tells it it timed out.
+            drop(expired);
+            if done {
+                return;
+            }
+        }
     }
 
     /// Connects once to check the node is reachable; the connection is kept.
@@ -134,19 +230,39 @@ impl Pool {
 
     /// Closes idle connections (e.g. after a node restarts).
     pub fn clear_idle(&self) {
-        let n = std::mem::take(&mut *self.idle.lock()).len();
+        let mut s = self.state.lock();
+        let n = std::mem::take(&mut s.idle).len();
+        s.open -= n;
         self.stats.idle.fetch_sub(n as i64, Ordering::Relaxed);
     }
 }
 
-/// A checked-out server connection; returns to the pool on drop when clean.
+/// A checked-out server connection; goes back to the pool on drop when
+/// clean (closed otherwise, its place given back).
 pub struct Checkout {
     conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    /// False once its connection was taken back by the pool itself.
+    armed: bool,
 }
 
 impl Checkout {
+    fn new(pool: &Arc<Pool>, conn: Option<Box<ServerConn>>) -> Self {
+        pool.stats.in_use.fetch_add(1, Ordering::Relaxed);
+        Self {
+            conn,
+            pool: pool.clone(),
+            armed: true,
+        }
+    }
+
+    /// Takes the connection out without giving it back.
+    fn disarm(&mut self) -> Option<Box<ServerConn>> {
+        self.armed = false;
+        self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.conn.take()
+    }
+
     pub fn node(&self) -> NodeId {
         self.pool.node
     }
@@ -171,12 +287,11 @@ impl DerefMut for Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
-        if let Some(c) = self.conn.take() {
-            if c.reusable && c.status == b'I' {
-                self.pool.idle.lock().push(c);
-                self.pool.stats.idle.fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.armed {
+            return;
         }
+        self.pool.stats.in_use.fetch_sub(1, Ordering::Relaxed);
+        let conn = self.conn.take().filter(|c| c.reusable && c.status == b'I');
+        self.pool.give_back(conn);
     }
 }

@@ -17,6 +17,10 @@ pub struct Metrics {
     /// (index = node id), resolved once so the hot path skips label lookup.
     pub latency: Vec<Histogram>,
     pub fanout_latency: Histogram,
+    /// How long checkouts waited for a pooled connection, one histogram per
+    /// node (index = node id); fine buckets, so that the longest wait can
+    /// be told from the mean (FIFO fairness, `client_scaling.py`).
+    pub pool_wait: Vec<Histogram>,
     pub errors: IntCounterVec,
     pub client_connections: IntGauge,
     pub routing_epoch: IntGauge,
@@ -51,6 +55,20 @@ impl Metrics {
             .map(|n| lat.with_label_values(&[n.as_str()]))
             .collect();
         let fanout_latency = lat.with_label_values(&["*fanout*"]);
+        let wait = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "shardcast_backend_pool_wait_seconds",
+                "Time a checkout waited for a pooled server connection (those that waited), by node",
+            )
+            // 100 µs to ~7 s, each bucket 1.25x the one before.
+            .buckets(prometheus::exponential_buckets(0.0001, 1.25, 50).expect("valid buckets")),
+            &["node"],
+        )
+        .expect("valid metric");
+        let pool_wait = nodes
+            .iter()
+            .map(|n| wait.with_label_values(&[n.as_str()]))
+            .collect();
         let errors = IntCounterVec::new(
             Opts::new(
                 "shardcast_frontend_errors_total",
@@ -123,6 +141,7 @@ impl Metrics {
         .expect("valid metric");
         for c in [
             Box::new(lat) as Box<dyn prometheus::core::Collector>,
+            Box::new(wait),
             Box::new(planner_decisions.clone()),
             Box::new(migration_steps.clone()),
             Box::new(migration_rows.clone()),
@@ -140,6 +159,7 @@ impl Metrics {
             registry,
             latency,
             fanout_latency,
+            pool_wait,
             errors,
             client_connections,
             routing_epoch,
