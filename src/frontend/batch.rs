@@ -35,6 +35,8 @@ pub struct Prepared {
     /// The Parse to send to a server (already renamed).
     pub parse: Frame,
     pub analysis: Result<Analysis, RouteError>,
+    /// What its text says about session state (read once).
+    pub traits: super::pin::Traits,
 }
 
 /// One buffered client message, decoded as far as routing needs.
@@ -159,7 +161,10 @@ impl Session {
                 "end it with ROLLBACK".into(),
             ));
         }
-        if let Some(l) = single_listen(msgs) {
+        if let Some(l) = (commands[..] == [Command::Other])
+            .then(|| single_listen(msgs))
+            .flatten()
+        {
             // LISTEN/UNLISTEN by the extended protocol: the notifier's.
             let tag = match l {
                 Listen::Listen(_) => "LISTEN",
@@ -268,7 +273,7 @@ impl Session {
         }
         let pinned = self.before_statements(
             msgs.iter().filter_map(|m| match m {
-                Msg::Bind { stmt, .. } => Some(stmt.sql.as_str()),
+                Msg::Bind { stmt, .. } => Some(stmt.traits),
                 _ => None,
             }),
             commands
@@ -342,6 +347,7 @@ impl Session {
                             server_name: String::new(),
                             sql: p.query.to_string(),
                             analysis: self.shared.analyzer.analysis(p.query),
+                            traits: super::pin::Traits::of(p.query),
                             parse: f.clone(),
                         });
                         self.unnamed = Some(s.clone());
@@ -368,6 +374,7 @@ impl Session {
                             server_name,
                             sql: p.query.to_string(),
                             analysis: self.shared.analyzer.analysis(p.query),
+                            traits: super::pin::Traits::of(p.query),
                         });
                         self.statements.insert(p.name.to_string(), s.clone());
                         s

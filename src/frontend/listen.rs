@@ -156,13 +156,8 @@ impl Session {
     /// client's pid as the sender (see `Notifier::sent_by`): recorded for
     /// the connection they run on (at checkout, `set_cancel`, or the
     /// attached one now).
-    pub(super) fn note_sender<'a>(&mut self, mut statements: impl Iterator<Item = &'a str>) {
-        let notifies = |sql: &str| {
-            sql.as_bytes()
-                .windows(6)
-                .any(|w| w.eq_ignore_ascii_case(b"notify"))
-        };
-        self.may_notify = statements.any(notifies);
+    pub(super) fn note_sender(&mut self, notifies: bool) {
+        self.may_notify = notifies;
         if self.may_notify {
             if let Some(c) = &self.attached {
                 self.shared.notifier.sent_by(c.pid, self.key_pid);

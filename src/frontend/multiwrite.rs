@@ -254,6 +254,7 @@ fn split_batch(
             parse: encode_parse("", &sql, &subset_types(parse.param_types, &params)),
             sql,
             analysis: stmt.analysis.clone(),
+            traits: stmt.traits,
         });
         let node_bind = encode_bind_portal(bind.portal, &values, &formats);
         let node_msgs = msgs

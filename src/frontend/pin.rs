@@ -11,36 +11,56 @@ use super::error::FrontendError;
 use super::session::Session;
 use crate::protocol::sqlstate;
 
-/// What in a statement must stay on its server connection, if anything.
-pub fn session_feature(sql: &str) -> Option<&'static str> {
-    let has = |needle: &str| {
-        sql.as_bytes()
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-    };
-    let mut words = sql
-        .split(|c: char| c.is_whitespace() || c == '(')
+/// What a statement's text says about session state. Read once per text
+/// (a prepared statement keeps its own), with one lower-cased copy and
+/// fast substring searches: it runs for every statement.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Traits {
+    /// What in it must stay on its server connection, if anything.
+    pub pin: Option<&'static str>,
+    /// It may send a notification (NOTIFY, pg_notify).
+    pub notifies: bool,
+}
+
+impl Traits {
+    pub fn of(sql: &str) -> Self {
+        let low: smallvec::SmallVec<[u8; 256]> =
+            sql.bytes().map(|b| b.to_ascii_lowercase()).collect();
+        Self {
+            pin: pin_reason(&low),
+            notifies: has(&low, b"notify"),
+        }
+    }
+}
+
+fn has(low: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(low, needle).is_some()
+}
+
+/// `low`: the statement, lower-cased.
+fn pin_reason(low: &[u8]) -> Option<&'static str> {
+    let mut words = low
+        .split(|&c| c.is_ascii_whitespace() || c == b'(')
         .filter(|w| !w.is_empty());
-    let first = words.next().unwrap_or("");
-    let second = words.next().unwrap_or("");
-    let third = words.next().unwrap_or("");
-    let is = |w: &str, k: &str| w.eq_ignore_ascii_case(k);
-    if is(first, "declare") && has("with hold") {
+    let first = words.next().unwrap_or(b"");
+    let second = words.next().unwrap_or(b"");
+    let third = words.next().unwrap_or(b"");
+    if first == b"declare" && has(low, b"with hold") {
         return Some("a WITH HOLD cursor");
     }
-    if is(first, "prepare") && !is(second, "transaction") {
+    if first == b"prepare" && second != b"transaction" {
         return Some("a statement of SQL PREPARE");
     }
-    let temp = |w: &str| is(w, "temp") || is(w, "temporary");
-    if is(first, "create")
-        && (temp(second) || ((is(second, "local") || is(second, "global")) && temp(third)))
+    let temp = |w: &[u8]| w == b"temp" || w == b"temporary";
+    if first == b"create"
+        && (temp(second) || ((second == b"local" || second == b"global") && temp(third)))
     {
         return Some("a temporary table");
     }
-    if is(first, "select") && has(" into temp") {
+    if first == b"select" && has(low, b" into temp") {
         return Some("a temporary table");
     }
-    if has("advisory_lock") && !has("advisory_lock_all") {
+    if has(low, b"advisory_lock") && !has(low, b"advisory_lock_all") {
         // pg_advisory_lock, pg_try_advisory_lock and their _shared forms;
         // pg_advisory_xact_lock ends with its transaction.
         return Some("a session-level advisory lock");
@@ -52,27 +72,30 @@ impl Session {
     /// Before statements run: pins the client to the connection they run
     /// on if they make session state; true if this pinned it (the caller
     /// unpins if they fail).
-    fn pin_for<'a>(&mut self, mut statements: impl Iterator<Item = &'a str>) -> bool {
+    fn pin_for(&mut self, pin: Option<&'static str>) -> bool {
         if self.pin.is_some() {
             return false;
         }
-        self.pin = statements.find_map(session_feature);
+        self.pin = pin;
         self.pin.is_some()
     }
 
     /// Before statements that may read or act (`acts`): notes them as a
     /// possible NOTIFY's sender and pins the client if they make session
     /// state; true if this pinned it (pass it to `after_statements`).
-    pub(super) fn before_statements<'a>(
+    pub(super) fn before_statements(
         &mut self,
-        statements: impl Iterator<Item = &'a str> + Clone,
+        statements: impl Iterator<Item = Traits>,
         acts: bool,
     ) -> bool {
         if !acts {
             return false;
         }
-        self.note_sender(statements.clone());
-        self.pin_for(statements)
+        let (pin, notifies) = statements.fold((None, false), |(pin, notifies), t| {
+            (pin.or(t.pin), notifies || t.notifies)
+        });
+        self.note_sender(notifies);
+        self.pin_for(pin)
     }
 
     /// After them: a pin they took is dropped again if they failed.
@@ -113,7 +136,9 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::session_feature;
+    fn session_feature(sql: &str) -> Option<&'static str> {
+        super::Traits::of(sql).pin
+    }
 
     #[test]
     fn recognises_what_must_stay_on_a_connection() {
@@ -130,5 +155,8 @@ mod tests {
         assert!(session_feature("PREPARE p AS SELECT 1").is_some());
         assert!(session_feature("PREPARE TRANSACTION 'x'").is_none());
         assert!(session_feature("SELECT * FROM accounts WHERE id = 1").is_none());
+        assert!(super::Traits::of("SELECT pg_notify('c', 'x')").notifies);
+        assert!(super::Traits::of("Notify c").notifies);
+        assert!(!super::Traits::of("SELECT 1").notifies);
     }
 }

@@ -90,11 +90,16 @@ impl Session {
             self.failed_tx_error();
             return Ok(());
         }
-        if shapes.len() == 1 {
+        // LISTEN, DISCARD, DEALLOCATE and SQL EXECUTE are all `Other`: a
+        // query or DML statement skips their readers.
+        let other = shapes.len() == 1 && shapes[0].command == Command::Other;
+        if other {
             if let Some(l) = parse_listen(sql) {
                 return self.listen_command(l).await;
             }
-        } else if self.notes.is_some() || sql.to_ascii_lowercase().contains("listen") {
+        } else if shapes.len() > 1
+            && (self.notes.is_some() || sql.to_ascii_lowercase().contains("listen"))
+        {
             // LISTEN/UNLISTEN among other statements (a driver's reset):
             // the subscriptions follow; the server runs them too, harmlessly.
             for piece in split_statements(sql) {
@@ -103,13 +108,13 @@ impl Session {
                 }
             }
         }
-        let discard = shapes.len() == 1 && is_discard_all(sql);
-        let executes = match shapes.len() == 1 && !self.statements.is_empty() {
+        let discard = other && is_discard_all(sql);
+        let executes = match other && !self.statements.is_empty() {
             true => self.execute_sql_of(sql),
             false => None,
         };
         let f = executes.as_ref().unwrap_or(f);
-        if shapes.len() == 1 && self.status() != b'E' {
+        if other && self.status() != b'E' {
             if let Some(what) = parse_deallocate(sql) {
                 if self.deallocate(what) {
                     return Ok(());
@@ -157,7 +162,7 @@ impl Session {
             self.note_schema_changes(split_statements(sql).into_iter());
         }
         let pinned = self.before_statements(
-            std::iter::once(sql),
+            std::iter::once_with(|| super::pin::Traits::of(sql)),
             shapes
                 .iter()
                 .any(|s| matches!(s.command, Command::Select | Command::Other)),
