@@ -110,13 +110,25 @@ async fn waiting_clients_are_served_in_arrival_order_and_time_out_with_53300() {
     let mut waiting = Vec::new();
     for who in 0..5i32 {
         let c = proxy.client().await;
+        // The simple protocol: one statement, one checkout.
         waiting.push(tokio::spawn(async move {
-            c.execute("INSERT INTO served (who) VALUES ($1)", &[&who])
+            c.batch_execute(&format!("INSERT INTO served (who) VALUES ({who})"))
                 .await
                 .unwrap();
         }));
         // Each is queued before the next arrives.
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let queued = format!(
+            "shardcast_backend_pool_connections{{node=\"n0\",state=\"waiting\"}} {}",
+            who + 1
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !proxy.admin_get("/metrics").lines().any(|l| l == queued) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "client {who} never queued"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
     holder.batch_execute("COMMIT").await.unwrap();
     for w in waiting {

@@ -136,11 +136,15 @@ def main():
         pc.subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=pc.ROOT, check=True)
     print("starting a PostgreSQL node and loading pgbench data...", file=sys.stderr)
     node = pc.start_node()
-    targets = [("pgbouncer",) + pc.start_pgbouncer(node, max(IDLE + COUNTS) + 100), ("shardcast",) + pc.start_shardcast([node])]
-    # Idle clients first, on fresh processes (memory an allocator keeps after
-    # a busy run would hide them).
+    limit = max(IDLE + COUNTS) + 100
+
+    def start():
+        return [("pgbouncer",) + pc.start_pgbouncer(node, limit), ("shardcast",) + pc.start_shardcast([node])]
+
+    # Idle clients on processes of their own, stopped afterwards: neither
+    # hides them behind memory a busy run left, nor leaves them to the load runs.
     print("idle clients (startup handshake done, then silent): resident memory of the proxy process")
-    for name, port, pid in targets:
+    for name, port, pid in start() if IDLE else []:
         base = rss_kb(pid)
         for n in IDLE:
             socks = idle_clients(port, "app", n)
@@ -150,6 +154,8 @@ def main():
             for s in socks:
                 s.close()
             time.sleep(1)
+        os.kill(pid, pc.signal.SIGTERM)
+    targets = start()
     results = {}
     for mode in MODES:
         for c in COUNTS:

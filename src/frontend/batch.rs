@@ -333,15 +333,14 @@ impl Session {
             match f.tag {
                 b'P' => {
                     let f = self.execute_parse_of(&f).unwrap_or(f);
+                    // Drivers re-send the same unnamed statement: reuse it
+                    // unread (the same bytes name no statement).
+                    if let Some(prev) = self.unnamed.as_ref().filter(|u| u.parse.bytes == f.bytes) {
+                        msgs.push(Msg::Parse(prev.clone()));
+                        continue;
+                    }
                     let p = parse_parse(&f)?;
                     let stmt = if p.name.is_empty() {
-                        // Drivers re-send the same unnamed statement; reuse it.
-                        if let Some(prev) =
-                            self.unnamed.as_ref().filter(|u| u.parse.bytes == f.bytes)
-                        {
-                            msgs.push(Msg::Parse(prev.clone()));
-                            continue;
-                        }
                         let s = Arc::new(Prepared {
                             id: 0,
                             server_name: String::new(),

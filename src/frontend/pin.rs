@@ -28,13 +28,32 @@ impl Traits {
             sql.bytes().map(|b| b.to_ascii_lowercase()).collect();
         Self {
             pin: pin_reason(&low),
-            notifies: has(&low, b"notify"),
+            notifies: has(&low, NOTIFY),
         }
     }
 }
 
-fn has(low: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(low, needle).is_some()
+/// What `has` looks for, by index.
+const NEEDLES: [&str; 5] = [
+    "notify",
+    "advisory_lock",
+    "advisory_lock_all",
+    " into temp",
+    "with hold",
+];
+const NOTIFY: usize = 0;
+const ADVISORY_LOCK: usize = 1;
+const ADVISORY_LOCK_ALL: usize = 2;
+const INTO_TEMP: usize = 3;
+const WITH_HOLD: usize = 4;
+
+fn has(low: &[u8], needle: usize) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // Built once: a searcher's set-up costs more than a short search.
+    static FINDERS: LazyLock<Vec<Finder<'static>>> =
+        LazyLock::new(|| NEEDLES.iter().map(Finder::new).collect());
+    FINDERS[needle].find(low).is_some()
 }
 
 /// `low`: the statement, lower-cased.
@@ -45,7 +64,7 @@ fn pin_reason(low: &[u8]) -> Option<&'static str> {
     let first = words.next().unwrap_or(b"");
     let second = words.next().unwrap_or(b"");
     let third = words.next().unwrap_or(b"");
-    if first == b"declare" && has(low, b"with hold") {
+    if first == b"declare" && has(low, WITH_HOLD) {
         return Some("a WITH HOLD cursor");
     }
     if first == b"prepare" && second != b"transaction" {
@@ -57,10 +76,10 @@ fn pin_reason(low: &[u8]) -> Option<&'static str> {
     {
         return Some("a temporary table");
     }
-    if first == b"select" && has(low, b" into temp") {
+    if first == b"select" && has(low, INTO_TEMP) {
         return Some("a temporary table");
     }
-    if has(low, b"advisory_lock") && !has(low, b"advisory_lock_all") {
+    if has(low, ADVISORY_LOCK) && !has(low, ADVISORY_LOCK_ALL) {
         // pg_advisory_lock, pg_try_advisory_lock and their _shared forms;
         // pg_advisory_xact_lock ends with its transaction.
         return Some("a session-level advisory lock");
