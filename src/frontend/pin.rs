@@ -24,8 +24,8 @@ pub struct Traits {
 
 impl Traits {
     pub fn of(sql: &str) -> Self {
-        let low: smallvec::SmallVec<[u8; 256]> =
-            sql.bytes().map(|b| b.to_ascii_lowercase()).collect();
+        let mut low = smallvec::SmallVec::<[u8; 256]>::from_slice(sql.as_bytes());
+        low.make_ascii_lowercase();
         Self {
             pin: pin_reason(&low),
             notifies: has(&low, NOTIFY),
