@@ -17,8 +17,10 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
-/// What one client is running right now.
-pub type CancelSlot = Arc<Mutex<Vec<CancelTarget>>>;
+/// What one client is running right now: set and cleared around every
+/// transaction, so the usual one target sits inline (no second allocation
+/// to touch).
+pub type CancelSlot = Arc<Mutex<smallvec::SmallVec<[CancelTarget; 1]>>>;
 
 #[derive(Default)]
 pub struct CancelRegistry {
