@@ -94,9 +94,9 @@ impl Pool {
         let mut c = match self.take() {
             Ok(c) => c,
             Err((since, given)) => {
-                self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+                let waiting = Counted::new(&self.stats.waiting);
                 let got = given.await;
-                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                drop(waiting);
                 let waited = since.elapsed();
                 match got {
                     Ok(c) => {
@@ -234,6 +234,22 @@ impl Pool {
         let n = std::mem::take(&mut s.idle).len();
         s.open -= n;
         self.stats.idle.fetch_sub(n as i64, Ordering::Relaxed);
+    }
+}
+
+/// One more in a gauge while it lives (also if the wait is abandoned).
+struct Counted<'a>(&'a AtomicI64);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicI64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
