@@ -7,12 +7,15 @@ server connections) and runs `pgbench -S` at each client count, -M simple and
 -M extended, the two proxies alternating within each round. Prints
 throughput, p50/p99 latency, proxy CPU per transaction and proxy resident
 memory per client count, the ratios shardcast/PgBouncer measured in the same
-run, then resident memory with idle clients connected (startup handshake
-only) to estimate bytes per idle client. Writes an SVG plot of throughput
-and p99 against clients for both (no plotting library needed).
+run, and fairness: longest/mean latency for both, and shardcast's
+longest/mean wait for a pooled connection (from its /metrics histogram).
+Before that, resident memory with idle clients connected (startup handshake
+only) to proxies started for it, to estimate bytes per idle client. Writes
+an SVG plot of throughput and p99 against clients for both (no plotting
+library needed).
 
 Environment: COUNTS ("16 100 300 1000 2000"), SECONDS_PER_RUN (10), ROUNDS
-(2), MODES ("simple extended"), IDLE ("1000 10000"), SVG (output path,
+(3), MODES ("simple extended"), IDLE ("1000 10000"), SVG (output path,
 integration-tests/bench/client_scaling.svg), SCALE (10).
 """
 
