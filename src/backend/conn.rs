@@ -9,6 +9,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::protocol::framing::whole_message;
 use crate::protocol::framing::Reader;
 use crate::protocol::messages::parse_error;
 use crate::protocol::params::ParamSet;
@@ -317,15 +318,7 @@ impl ServerConn {
     #[cold]
     fn note_command(&mut self, f: &Frame) {
         let tag = crate::protocol::messages::command_tag(f);
-        if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" {
-            self.prepared.clear();
-        }
-        if tag == "DISCARD ALL" {
-            self.listens = false;
-        }
-        if tag == "LISTEN" {
-            self.listens = true;
-        }
+        note_command_tag(&mut self.prepared, &mut self.listens, tag);
     }
 
     /// Whether the server closed this idle connection (it was terminated,
@@ -354,6 +347,77 @@ impl ServerConn {
                 }
             }
         }
+    }
+
+    /// The tag and length of the next whole message, read from the socket
+    /// as needed and seen by the connection's bookkeeping (as `read_frame`
+    /// does), but left at the front of the read buffer: the hot path relays
+    /// it from there (`front`, then `consume`) instead of splitting it off.
+    pub async fn peek_message(&mut self) -> Result<(u8, usize), BackendError> {
+        loop {
+            let whole = whole_message(&mut self.rbuf).map_err(|source| {
+                self.reusable = false;
+                BackendError::Protocol {
+                    node: self.node_name.clone(),
+                    source,
+                }
+            })?;
+            if let Some((tag, len)) = whole {
+                match tag {
+                    b'S' => self.params.observe_message(&self.rbuf[..len]),
+                    b'C' if matches!(self.rbuf.get(5), Some(b'D' | b'L')) => {
+                        let tag = crate::protocol::messages::command_tag_of(&self.rbuf[5..len]);
+                        note_command_tag(&mut self.prepared, &mut self.listens, tag);
+                    }
+                    _ => {}
+                }
+                return Ok((tag, len));
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The first `len` bytes of the read buffer (a message `peek_message` saw).
+    #[inline]
+    pub fn front(&self, len: usize) -> &[u8] {
+        &self.rbuf[..len]
+    }
+
+    /// Drops the message `peek_message` saw.
+    #[inline]
+    pub fn consume(&mut self, len: usize) {
+        bytes::Buf::advance(&mut self.rbuf, len);
+    }
+
+    /// Takes the message `peek_message` saw as a frame of its own.
+    pub fn take_front(&mut self, len: usize) -> Frame {
+        let bytes = self.rbuf.split_to(len).freeze();
+        Frame {
+            tag: bytes[0],
+            bytes,
+        }
+    }
+
+    /// Reads more from the socket into the read buffer.
+    async fn fill(&mut self) -> Result<(), BackendError> {
+        let n = self
+            .stream
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(|source| {
+                self.reusable = false;
+                BackendError::Io {
+                    node: self.node_name.clone(),
+                    source,
+                }
+            })?;
+        if n == 0 {
+            self.reusable = false;
+            return Err(BackendError::Closed {
+                node: self.node_name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// The next frame, reading from the socket as needed.
@@ -385,5 +449,18 @@ impl ServerConn {
                 });
             }
         }
+    }
+}
+
+/// What a finished command means for a connection's statements and LISTEN.
+fn note_command_tag(prepared: &mut HashSet<u64>, listens: &mut bool, tag: &str) {
+    if tag == "DISCARD ALL" || tag == "DEALLOCATE ALL" {
+        prepared.clear();
+    }
+    if tag == "DISCARD ALL" {
+        *listens = false;
+    }
+    if tag == "LISTEN" {
+        *listens = true;
     }
 }

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 
 use crate::backend::{BackendError, ServerConn};
-use crate::protocol::messages::ready_status;
 use crate::protocol::Frame;
 
 /// Which reply completes an entry.
@@ -158,21 +157,32 @@ impl Exchange {
 
     /// The next item for the client, reading from the server as needed.
     pub async fn next(&mut self, conn: &mut ServerConn) -> Result<Item, BackendError> {
+        Ok(match self.next_at(conn).await? {
+            At::Front(_, len) => Item::Msg(conn.take_front(len)),
+            At::Own(f) => Item::Msg(f),
+            At::CopyIn(f) => Item::CopyIn(f),
+            At::Done(z) => Item::Done(z.map(|len| conn.take_front(len))),
+        })
+    }
+
+    /// `next` for the hot path: a server message for the client is left at
+    /// the front of the connection's read buffer (`At::Front`) for the
+    /// caller to relay and `consume`, not split off as a frame of its own.
+    pub async fn next_at(&mut self, conn: &mut ServerConn) -> Result<At, BackendError> {
         loop {
             self.release_synth();
             if let Some(f) = self.ready.pop_front() {
-                return Ok(Item::Msg(f));
+                return Ok(At::Own(f));
             }
             let Some(head) = self.queue.front() else {
-                return Ok(Item::Done(None));
+                return Ok(At::Done(None));
             };
             let (until, forward) = (head.until, matches!(head.action, Action::Forward));
             let uses = head.uses;
-            let f = conn.read_frame().await?;
-            let tag = f.tag;
+            let (tag, len) = conn.peek_message().await?;
             if tag == b'E' && until != Until::Query && until != Until::Ready {
                 if let Some(id) = uses {
-                    note_plan_changed(conn, id, &f);
+                    note_plan_changed(conn, id, len);
                 }
                 // Extended protocol: the server skips everything up to Sync.
                 while let Some(e) = self.queue.front() {
@@ -181,10 +191,10 @@ impl Exchange {
                     }
                     self.queue.pop_front();
                 }
-                return Ok(Item::Msg(f));
+                return Ok(At::Front(tag, len));
             }
             if tag == b'G' {
-                return Ok(Item::CopyIn(f));
+                return Ok(At::CopyIn(conn.take_front(len)));
             }
             if completes(until, tag) {
                 let done = self.queue.pop_front().expect("head exists");
@@ -192,31 +202,52 @@ impl Exchange {
                     conn.prepared.insert(id);
                 }
                 if tag == b'Z' {
-                    conn.status = ready_status(&f);
+                    conn.status = conn.front(len).get(5).copied().unwrap_or(b'I');
                     if self.queue.is_empty() {
-                        return Ok(Item::Done(if forward { Some(f) } else { None }));
+                        if forward {
+                            return Ok(At::Done(Some(len)));
+                        }
+                        conn.consume(len);
+                        return Ok(At::Done(None));
                     }
                     if forward {
                         // A simple Query followed by more work in one round.
-                        return Ok(Item::Msg(f));
+                        return Ok(At::Front(tag, len));
                     }
+                    conn.consume(len);
                     continue;
                 }
             }
             // Pooled connections' notifications (a client's LISTEN ran on
             // one) are nobody's: clients get theirs from the notifier.
             if (forward && tag != b'A') || tag == b'E' {
-                return Ok(Item::Msg(f));
+                return Ok(At::Front(tag, len));
             }
+            conn.consume(len);
         }
     }
+}
+
+/// What `next_at` hands to the caller.
+#[derive(Debug)]
+pub enum At {
+    /// A message for the client: the first this many bytes of the
+    /// connection's read buffer, with this tag; the caller consumes it.
+    Front(u8, usize),
+    /// A message of the proxy's own for the client.
+    Own(Frame),
+    /// The server waits for COPY data from the client (CopyInResponse, to forward).
+    CopyIn(Frame),
+    /// All entries answered: the final ReadyForQuery (at the front, this
+    /// long) if the round ended with Sync/Query, or None after a Flush.
+    Done(Option<usize>),
 }
 
 /// A Bind or Describe failed because a schema change broke the statement:
 /// its result type changed, or a type it names is gone.
 #[cold]
-fn note_plan_changed(conn: &mut ServerConn, id: u64, f: &Frame) {
-    let e = crate::protocol::messages::parse_error(f);
+fn note_plan_changed(conn: &mut ServerConn, id: u64, len: usize) {
+    let e = crate::protocol::messages::parse_error(&Frame::new(b'E', &conn.front(len)[5..]));
     let broken = (e.code == "0A000" && e.message == "cached plan must not change result type")
         || (e.code == "XX000" && e.message.starts_with("cache lookup failed for type"));
     if broken && !conn.broken.contains(&id) {

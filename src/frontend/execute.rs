@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::batch::Msg;
 use super::error::FrontendError;
-use super::exchange::{Exchange, Expect, Item, Until};
+use super::exchange::{At, Exchange, Expect, Item, Until};
 use super::pipeline::{sync_pipeline, IN_PIPELINE};
 use super::route::{Decision, Dest};
 use super::server_batch::build_batch;
@@ -19,7 +19,8 @@ use crate::analyzer::{Request, RequestKind};
 use crate::backend::{Checkout, ServerConn};
 use crate::catalog::twophase;
 use crate::protocol::messages::{
-    command_complete, command_tag, encode_query, parse_error, ready_for_query, tag_rows,
+    command_complete, command_tag, command_tag_of, encode_query, parse_error, ready_for_query,
+    tag_rows,
 };
 use crate::protocol::{sqlstate, Frame};
 
@@ -249,7 +250,36 @@ impl Session {
         let mut rows = 0;
         let mut error = false;
         loop {
-            match ex.next(conn).await? {
+            // Replies are relayed from the server's read buffer where they
+            // are (errors, rarer, as frames of their own).
+            let item = match ex.next_at(conn).await? {
+                At::Front(tag, len) if tag != b'E' => {
+                    let m = conn.front(len);
+                    if tag == b'C' {
+                        rows += tag_rows(command_tag_of(&m[5..]));
+                    }
+                    self.write_message(m);
+                    conn.consume(len);
+                    if self.wbuf.len() >= FLUSH_AT {
+                        self.flush().await?;
+                    }
+                    continue;
+                }
+                At::Front(_, len) => Item::Msg(conn.take_front(len)),
+                At::Own(f) => Item::Msg(f),
+                At::CopyIn(f) => Item::CopyIn(f),
+                At::Done(Some(len)) => {
+                    if !conn.broken.is_empty() {
+                        self.renew_broken(conn);
+                    }
+                    self.report_params(conn);
+                    self.write_message(conn.front(len));
+                    conn.consume(len);
+                    return Ok((rows, error));
+                }
+                At::Done(None) => Item::Done(None),
+            };
+            match item {
                 Item::Msg(f) => {
                     match f.tag {
                         b'C' => rows += tag_rows(command_tag(&f)),

@@ -320,6 +320,13 @@ impl Session {
         self.wbuf.extend_from_slice(&f.bytes);
     }
 
+    /// `write` for a whole message's bytes (header included).
+    #[inline]
+    pub(super) fn write_message(&mut self, m: &[u8]) {
+        self.reported.observe_message(m);
+        self.wbuf.extend_from_slice(m);
+    }
+
     pub(super) async fn flush(&mut self) -> Result<(), FrontendError> {
         if !self.wbuf.is_empty() {
             self.wr.write_all(&self.wbuf).await?;

@@ -49,6 +49,17 @@ impl Frame {
 /// Takes one whole message off the front of `buf`, if one is there.
 #[inline]
 pub fn try_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+    Ok(whole_message(buf)?.map(|(tag, total)| Frame {
+        tag,
+        bytes: buf.split_to(total).freeze(),
+    }))
+}
+
+/// The tag and length (header included) of the whole message at the front
+/// of `buf`, if one is there; left in place (room is reserved for the rest
+/// of an incomplete one).
+#[inline]
+pub fn whole_message(buf: &mut BytesMut) -> Result<Option<(u8, usize)>, ProtocolError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -65,8 +76,7 @@ pub fn try_frame(buf: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let bytes = buf.split_to(total).freeze();
-    Ok(Some(Frame { tag, bytes }))
+    Ok(Some((tag, total)))
 }
 
 /// A cursor over a message body for decoding fields.

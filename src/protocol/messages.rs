@@ -200,7 +200,12 @@ pub fn ready_status(f: &Frame) -> u8 {
 
 /// The tag of a `CommandComplete`, e.g. `SELECT 3`.
 pub fn command_tag(f: &Frame) -> &str {
-    Reader::new(b'C', f.body()).cstr().unwrap_or("")
+    command_tag_of(f.body())
+}
+
+/// `command_tag` of a CommandComplete's body.
+pub fn command_tag_of(body: &[u8]) -> &str {
+    Reader::new(b'C', body).cstr().unwrap_or("")
 }
 
 /// The row count at the end of a command tag (`INSERT 0 5` → 5).

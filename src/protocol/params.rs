@@ -71,8 +71,14 @@ impl ParamSet {
     /// are ignored).
     #[inline]
     pub fn observe(&mut self, f: &Frame) {
-        if f.tag == b'S' {
-            let mut r = Reader::new(b'S', f.body());
+        self.observe_message(&f.bytes);
+    }
+
+    /// `observe` for a whole message's bytes (header included).
+    #[inline]
+    pub fn observe_message(&mut self, m: &[u8]) {
+        if m.first() == Some(&b'S') {
+            let mut r = Reader::new(b'S', m.get(5..).unwrap_or_default());
             if let (Ok(k), Ok(v)) = (r.cstr(), r.cstr()) {
                 self.set(k, v);
             }
