@@ -305,18 +305,13 @@ impl Session {
                     self.flush().await?;
                     self.copy_in(conn).await?;
                 }
-                Item::Done(z) => {
+                // (`At::Done(Some(..))`, the round's ReadyForQuery, is relayed above.)
+                Item::Done(_) => {
                     if !conn.broken.is_empty() {
                         self.renew_broken(conn);
                     }
-                    match z {
-                        Some(z) => {
-                            self.report_params(conn);
-                            self.write(&z)
-                        }
-                        // After a Flush the server owes a Sync: not poolable yet.
-                        None => conn.status = IN_PIPELINE,
-                    }
+                    // After a Flush the server owes a Sync: not poolable yet.
+                    conn.status = IN_PIPELINE;
                     return Ok((rows, error));
                 }
             }
